@@ -1,0 +1,1 @@
+"""Whole-slide inference: devices, tiling, blockwise prediction."""

@@ -1,0 +1,1 @@
+"""Reading slides and writing outputs (no napari)."""

@@ -1,0 +1,1 @@
+"""The ResUNet++ network and its checkpoint format."""
