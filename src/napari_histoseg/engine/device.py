@@ -1,0 +1,95 @@
+"""Pick the compute device and precision, and prepare a model for inference on it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
+
+
+class DeviceError(ValueError):
+    """A requested device is not valid or not available on this machine."""
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def available_devices() -> list[str]:
+    """Devices usable here, best first (e.g. ``["cuda:0", "cuda:1", "cpu"]``)."""
+    devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if _mps_available():
+        devices.append("mps")
+    return [*devices, "cpu"]
+
+
+def select_device(preference: str | torch.device = "auto") -> torch.device:
+    """The device to compute on.
+
+    ``"auto"`` picks CUDA, then Apple MPS, then CPU. An explicit ``"cuda"``, ``"cuda:1"``, ``"mps"`` or
+    ``"cpu"`` is checked and raises :class:`DeviceError` naming what is available when it is not.
+    """
+    text = str(preference).strip().lower()
+    match = _DEVICE_RE.match(text)
+    if not match or (match.group(2) is not None and match.group(1) in ("auto", "cpu", "mps")):
+        raise DeviceError(f"unknown device {preference!r}; use 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
+    kind, index = match.group(1), match.group(2)
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "mps":
+        if not _mps_available():
+            raise DeviceError(f"device 'mps' is not available here; available: {available_devices()}")
+        return torch.device("mps")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {text!r} requested but CUDA is not available (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda or 'none'}); available: {available_devices()}"
+        )
+    count = torch.cuda.device_count()
+    i = torch.cuda.current_device() if index is None else int(index)
+    if i >= count:
+        raise DeviceError(
+            f"device {text!r} does not exist: this machine has {count} CUDA device(s) (0..{count - 1})"
+        )
+    return torch.device("cuda", i)
+
+
+def autocast_for(device: str | torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for inference: bf16 autocast on CUDA (fp16 where bf16 is unsupported), none elsewhere.
+
+    On CPU, bf16 autocast is slower than fp32 without AMX, and MPS gains little, so they run fp32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def prepare_model(
+    model: nn.Module, device: str | torch.device, *, channels_last: bool = True, compile: bool = False
+) -> nn.Module:
+    """Model ready for inference: eval mode, on ``device``, channels_last, optionally ``torch.compile``-d.
+
+    Inputs should then be passed as ``x.to(device, memory_format=torch.channels_last)`` to avoid conversions.
+    """
+    device = torch.device(device)
+    model = model.eval().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        # dynamic=False: windows have one fixed size, so one specialised graph is fastest.
+        model = torch.compile(model, dynamic=False)
+    return model
