@@ -162,7 +162,7 @@ def open_slide(path: str | os.PathLike) -> Slide:
 def _build_slide(tif: tifffile.TiffFile, path: Path, file_size: int) -> Slide:
     name = path.name
     if not tif.series:
-        raise SlideError(f"{name}: the TIFF holds no image")
+        raise SlideError(f"{name}: corrupt or unreadable TIFF (no readable image directory)")
     # The main image is the largest series (SVS/NDPI also hold thumbnail, label and macro images).
     series_index = max(range(len(tif.series)), key=lambda i: math.prod(tif.series[i].shape))
     series = tif.series[series_index]
@@ -265,7 +265,7 @@ def _to_rgb(level: da.Array, kind: str) -> da.Array:
         return (level[..., :3] // 257).astype(np.uint8)
     if kind in ("grey", "grey-inverted"):
         grey = 255 - level if kind == "grey-inverted" else level
-        return da.stack([grey, grey, grey], axis=-1)
+        return da.stack([grey, grey, grey], axis=-1).rechunk({2: 3})
     return level
 
 
@@ -300,8 +300,9 @@ def _as_dask(source: Any, level_series: tifffile.TiffPageSeries) -> da.Array:
                 level_series.parent.filehandle.name,
                 file_chunks,
             )
-    # One lock-free store shared by all chunks; tifffile serialises file reads with the file handle's lock.
-    return da.from_array(source, chunks=chunks, asarray=False, fancy=False, lock=False, name=False)
+    # No dask lock: tifffile serialises file reads with the file handle's lock and decodes outside it.
+    # Kept fusable (default getter), so slicing a chunk reads only the file tiles under the slice.
+    return da.from_array(source, chunks=chunks, asarray=False, name=False, inline_array=True)
 
 
 def _memmap_or_none(
