@@ -1,0 +1,338 @@
+"""Blockwise inference over an image of any size, as a generator of progress events ending in the result.
+
+Memory stays bounded: a block is read (with the halo its windows need), segmented, opened, written and dropped;
+at most a couple of blocks are being read ahead and one is being written. Nothing slide-sized is ever allocated
+except the output store on disk.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..cleanup import open_labels
+from ..io.store import ArraySink, LabelStore
+from .predictor import BlockPredictor
+from .resolution import ResolutionPlan, compute_shape, read_padded, to_compute, to_output
+from .tiling import Block, WindowGrid, block_grid, make_block
+
+TissueTest = Callable[[int, int, int, int], bool]  # (y0, x0, y1, x1) in output pixels -> any tissue?
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """What shapes the result. ``device``/``batch_size``/``compile`` only change speed."""
+
+    tile: int = 256
+    overlap: float = 0.25
+    block: int = 2048
+    opening_radius: int = 2
+    skip_background: bool = True
+    probabilities: bool = False
+    batch_size: int = 8
+    device: str = "auto"
+    compile: bool = False
+    prefetch: int = 2
+
+    def __post_init__(self) -> None:
+        if self.block < 256 or self.block % 256:
+            raise ValueError(f"block must be a positive multiple of 256 px, got {self.block}")
+        if self.opening_radius < 0:
+            raise ValueError(f"opening radius must be >= 0, got {self.opening_radius}")
+        WindowGrid.from_overlap(self.tile, self.overlap)  # validates tile and overlap
+
+    def result_settings(self) -> dict:
+        """The settings that determine the output (a resumed run must match them)."""
+        keys = ("tile", "overlap", "block", "opening_radius", "skip_background", "probabilities")
+        return {k: v for k, v in asdict(self).items() if k in keys}
+
+
+@dataclass
+class InferenceProgress:
+    """A progress event: one more block finished (or skipped)."""
+
+    blocks_done: int
+    blocks_total: int
+    windows_done: int
+    windows_per_second: float
+    elapsed_seconds: float
+    eta_seconds: float | None
+    blocks_skipped: int = 0
+    blocks_resumed: int = 0
+
+
+@dataclass
+class InferenceResult:
+    """The end of a run: where the labels are and what they hold."""
+
+    class_counts: list[int]
+    plan: ResolutionPlan
+    shape: tuple[int, int]
+    windows: int
+    blocks_total: int
+    blocks_skipped: int
+    blocks_resumed: int
+    timings: dict = field(default_factory=dict)
+    labels: np.ndarray | None = None  # in-memory runs
+    probabilities: np.ndarray | None = None
+    store: LabelStore | None = None  # zarr runs
+
+    def summary(self) -> dict:
+        """JSON-serialisable summary (pixels per class, timings, plan)."""
+        from ..classes import CLASS_NAMES
+
+        return {
+            "shape": list(self.shape),
+            "pixels_per_class": dict(zip(CLASS_NAMES, self.class_counts, strict=True)),
+            "windows": self.windows,
+            "blocks": self.blocks_total,
+            "blocks_skipped_background": self.blocks_skipped,
+            "blocks_resumed": self.blocks_resumed,
+            "level": self.plan.level,
+            "resample_factor": self.plan.factor,
+            "output_mpp": self.plan.output_mpp,
+            "timings": self.timings,
+        }
+
+
+@dataclass
+class _BlockWork:
+    block: Block  # in compute coordinates
+    need: tuple[int, int, int, int]  # output px: core grown by the opening halo, clipped to the image
+    core: tuple[int, int, int, int]  # output px
+    index: tuple[int, int]
+    region: np.ndarray | None = None  # output-grid pixels covering the read region (None: no tissue)
+    region_origin: tuple[int, int] = (0, 0)  # output px of region[0, 0]
+    window_starts: list[tuple[int, int]] = field(default_factory=list)
+    background_starts: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _margin(factor: float) -> int:
+    # Bilinear upsampling needs one neighbour beyond the region to match upsampling the whole image.
+    return 1 if factor > 1 else 0
+
+
+class _Geometry:
+    """Maps blocks between the output grid and the compute grid the model sees."""
+
+    def __init__(self, shape: tuple[int, int], settings: InferenceSettings, factor: float):
+        self.shape = shape
+        self.factor = factor
+        self.grid = WindowGrid.from_overlap(settings.tile, settings.overlap)
+        self.block = settings.block
+        if factor < 1 and settings.block % int(round(1 / factor)):
+            raise ValueError(f"block {settings.block} must be divisible by {int(round(1 / factor))}")
+        self.cshape = compute_shape(shape, factor)
+        self.cblock = int(settings.block * factor)
+        self.halo = settings.opening_radius * 2
+        self.n_blocks = block_grid(shape, settings.block)
+
+    def work(self, index: tuple[int, int]) -> _BlockWork:
+        f = self.factor
+        by, bx = index
+        h, w = self.shape
+        core = (
+            by * self.block,
+            bx * self.block,
+            min(h, (by + 1) * self.block),
+            min(w, (bx + 1) * self.block),
+        )
+        need = (
+            max(0, core[0] - self.halo),
+            max(0, core[1] - self.halo),
+            min(h, core[2] + self.halo),
+            min(w, core[3] + self.halo),
+        )
+        cblock = make_block(index, self.cshape, self.cblock, self.grid, halo=int(math.ceil(self.halo * f)))
+        return _BlockWork(block=cblock, need=need, core=core, index=index)
+
+    def output_region(self, work: _BlockWork) -> tuple[int, int, int, int]:
+        """Output-grid box whose resampling covers the block's compute read region."""
+        ry0, rx0, ry1, rx1 = work.block.read
+        m = _margin(self.factor)
+        f = self.factor
+        return (
+            math.floor(ry0 / f) - m,
+            math.floor(rx0 / f) - m,
+            math.ceil(ry1 / f) + m,
+            math.ceil(rx1 / f) + m,
+        )
+
+
+def _plan_windows(work: _BlockWork, geometry: _Geometry, tissue: TissueTest | None) -> None:
+    """Split the block's windows into those to run and those that lie on background."""
+    f, t = geometry.factor, geometry.grid.tile
+    ry0, rx0 = work.block.read[:2]
+    for wy in work.block.window_starts[0]:
+        for wx in work.block.window_starts[1]:
+            gy, gx = ry0 + int(wy), rx0 + int(wx)
+            box = (gy / f, gx / f, (gy + t) / f, (gx + t) / f)
+            has = tissue is None or tissue(
+                *(int(math.floor(v)) for v in box[:2]), *(int(math.ceil(v)) for v in box[2:])
+            )
+            (work.window_starts if has else work.background_starts).append((int(wy), int(wx)))
+
+
+def _read(work: _BlockWork, image, geometry: _Geometry, tissue: TissueTest | None) -> _BlockWork:
+    """Read the pixels a block needs (runs in a reader thread)."""
+    if tissue is not None and not tissue(*work.need):
+        return work  # nothing to compute: the whole block is background
+    _plan_windows(work, geometry, tissue)
+    if work.window_starts:
+        oy0, ox0, oy1, ox1 = geometry.output_region(work)
+        work.region = read_padded(image, oy0, ox0, oy1, ox1)
+        work.region_origin = (oy0, ox0)
+    return work
+
+
+def _segment_block(
+    work: _BlockWork, predictor: BlockPredictor, geometry: _Geometry, settings: InferenceSettings
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Labels (and optionally probabilities) of the block's core; ``None`` when the block is all background."""
+    if work.region is None:
+        return None, None
+    f = geometry.factor
+    oy0, ox0 = work.region_origin
+    image = to_compute(predictor.to_device(work.region), f)
+    # Offset of the compute read region inside the resampled output region.
+    dy = work.block.read[0] - int(round(oy0 * f))
+    dx = work.block.read[1] - int(round(ox0 * f))
+    starts = [(y + dy, x + dx) for y, x in work.window_starts]
+    background = [(y + dy, x + dx) for y, x in work.background_starts]
+    scores = to_output(predictor.predict(image, starts, background), f)
+    ny0, nx0, ny1, nx1 = work.need
+    scores = scores[:, ny0 - oy0 : ny1 - oy0, nx0 - ox0 : nx1 - ox0]
+    labels = scores.argmax(dim=0).to(torch.uint8).cpu().numpy()
+    labels = open_labels(labels, settings.opening_radius)
+    cy0, cx0, cy1, cx1 = work.core
+    crop = (slice(cy0 - ny0, cy1 - ny0), slice(cx0 - nx0, cx1 - nx0))
+    probs = None
+    if settings.probabilities:
+        probs = (scores / scores.sum(dim=0, keepdim=True))[:, crop[0], crop[1]].permute(1, 2, 0).cpu().numpy()
+    return labels[crop], probs
+
+
+def segment(
+    image,
+    predictor: BlockPredictor,
+    sink: ArraySink | LabelStore,
+    settings: InferenceSettings,
+    plan: ResolutionPlan,
+    *,
+    tissue: TissueTest | None = None,
+    blocks: list[tuple[int, int]] | None = None,
+) -> Generator[InferenceProgress | InferenceResult, None, InferenceResult]:
+    """Segment ``image`` ((H, W, 3) array-like of the plan's level) block by block into ``sink``.
+
+    Yields an :class:`InferenceProgress` after each block and finally the :class:`InferenceResult`.
+    Closing the generator (Cancel) stops after the block in hand; finished blocks stay recorded in the sink.
+    ``blocks`` restricts the run to some block indices (a region of interest).
+    """
+    shape = tuple(int(s) for s in image.shape[:2])
+    geometry = _Geometry(shape, settings, plan.factor)
+    ny, nx = geometry.n_blocks
+    todo = blocks if blocks is not None else [(by, bx) for by in range(ny) for bx in range(nx)]
+    done = sink.done_blocks()
+    counts = np.zeros(4, dtype=np.int64)
+    for index in todo:
+        if index in done:
+            counts += np.asarray(done[index])
+    pending = [index for index in todo if index not in done]
+    resumed = len(todo) - len(pending)
+
+    t0 = time.perf_counter()
+    compute_s = 0.0
+    windows = 0
+    skipped = 0
+    finished = resumed
+
+    reader = ThreadPoolExecutor(max_workers=max(1, settings.prefetch), thread_name_prefix="histoseg-read")
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoseg-write")
+    reads: list[Future] = []
+    write: Future | None = None
+    queue: Iterator[tuple[int, int]] = iter(pending)
+
+    def submit_next() -> None:
+        index = next(queue, None)
+        if index is not None:
+            reads.append(reader.submit(_read, geometry.work(index), image, geometry, tissue))
+
+    try:
+        for _ in range(max(1, settings.prefetch)):
+            submit_next()
+        while reads:
+            work: _BlockWork = reads.pop(0).result()
+            submit_next()
+            tc = time.perf_counter()
+            labels, probs = _segment_block(work, predictor, geometry, settings)
+            compute_s += time.perf_counter() - tc
+            windows += len(work.window_starts)
+            skipped += labels is None
+            counts += (
+                np.bincount(labels.ravel(), minlength=4)[:4]
+                if labels is not None
+                else np.array([(work.core[2] - work.core[0]) * (work.core[3] - work.core[1]), 0, 0, 0])
+            )
+            if write is not None:
+                write.result()  # at most one block being written
+            write = writer.submit(sink.write_block, work.index, work.core, labels, probs)
+            finished += 1
+            elapsed = time.perf_counter() - t0
+            ran = finished - resumed
+            eta = elapsed / ran * (len(todo) - finished) if ran else None
+            yield InferenceProgress(
+                blocks_done=finished,
+                blocks_total=len(todo),
+                windows_done=windows,
+                windows_per_second=windows / elapsed if elapsed > 0 else 0.0,
+                elapsed_seconds=elapsed,
+                eta_seconds=eta,
+                blocks_skipped=skipped,
+                blocks_resumed=resumed,
+            )
+        if write is not None:
+            write.result()
+    finally:
+        for future in reads:
+            future.cancel()
+        reader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)  # a block being written is finished, so the store stays valid
+
+    elapsed = time.perf_counter() - t0
+    result = InferenceResult(
+        class_counts=counts.tolist(),
+        plan=plan,
+        shape=shape,
+        windows=windows,
+        blocks_total=len(todo),
+        blocks_skipped=skipped,
+        blocks_resumed=resumed,
+        timings={
+            "total_s": elapsed,
+            "compute_s": compute_s,
+            "windows_per_second": windows / elapsed if elapsed > 0 else 0.0,
+        },
+    )
+    if isinstance(sink, ArraySink):
+        result.labels = sink.labels
+        result.probabilities = sink.probabilities
+    else:
+        result.store = sink
+    yield result
+    return result
+
+
+def run(generator: Generator, on_event: Callable[[object], None] | None = None):
+    """Drive a job generator synchronously (tests, CLI); return its last item (the result)."""
+    last = None
+    for event in generator:
+        if on_event is not None:
+            on_event(event)
+        last = event
+    return last

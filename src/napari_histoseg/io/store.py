@@ -1,0 +1,240 @@
+"""Where predicted labels go: an OME-NGFF zarr store (slides) or an in-memory array (small images).
+
+The zarr store is written block by block. Each block writes whole chunks of every pyramid level (block sizes are
+multiples of the chunk sizes), so blocks written by different threads, processes or machines never share a chunk.
+A finished block leaves a small marker file with its class counts: a rerun resumes by skipping marked blocks, and a
+cancelled run leaves a valid store whose unfinished blocks read as background.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..classes import CLASS_COLORS, CLASS_NAMES
+
+DONE_DIR = ".histoseg_done"
+MAX_CHUNK = 512
+
+
+class StoreError(ValueError):
+    """An output store that cannot be created, resumed or read."""
+
+
+def level_chunks(block: int, n_levels: int) -> list[int]:
+    """Chunk size of each pyramid level, chosen so that every block covers whole chunks at every level."""
+    return [max(1, min(MAX_CHUNK, block >> k)) for k in range(n_levels)]
+
+
+def pyramid_depth(shape: tuple[int, int], block: int, min_side: int = 256, min_block: int = 32) -> int:
+    """How many levels the label pyramid gets: halve until the image is small or blocks get tiny."""
+    levels = 1
+    while max(shape) >> levels >= min_side and block >> levels >= min_block and block % (1 << levels) == 0:
+        levels += 1
+    return levels
+
+
+def _block_counts(labels: np.ndarray) -> list[int]:
+    return np.bincount(labels.ravel(), minlength=len(CLASS_NAMES))[: len(CLASS_NAMES)].tolist()
+
+
+class ArraySink:
+    """Collects block results into an in-memory label array (for images that fit in memory)."""
+
+    def __init__(self, shape: tuple[int, int], *, probabilities: bool = False):
+        self.labels = np.zeros(shape, dtype=np.uint8)
+        self.probabilities = np.zeros((*shape, len(CLASS_NAMES)), np.float32) if probabilities else None
+        self._done: dict[tuple[int, int], list[int]] = {}
+
+    def done_blocks(self) -> dict[tuple[int, int], list[int]]:
+        return dict(self._done)
+
+    def write_block(
+        self,
+        index: tuple[int, int],
+        core: tuple[int, int, int, int],
+        labels: np.ndarray | None,
+        probs: np.ndarray | None = None,
+    ) -> None:
+        """Store a finished block; ``labels=None`` means all background."""
+        y0, x0, y1, x1 = core
+        if labels is None:
+            labels = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        self.labels[y0:y1, x0:x1] = labels
+        if self.probabilities is not None and probs is not None:
+            self.probabilities[y0:y1, x0:x1] = probs
+        self._done[index] = _block_counts(labels)
+
+
+class LabelStore:
+    """A zarr v3 store of uint8 class labels with an OME-NGFF multiscale pyramid and a record of finished blocks."""
+
+    def __init__(self, path: Path, group: Any):
+        self.path = Path(path)
+        self.group = group
+        attrs = group.attrs.asdict()
+        self.info: dict = attrs["histoseg"]
+        self.levels = [group[str(k)] for k in range(self.info["n_levels"])]
+        self.probabilities = group.get("probabilities", None)
+
+    # -- creation / opening -------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        shape: tuple[int, int],
+        *,
+        block: int,
+        settings: dict,
+        scale: tuple[float, float] = (1.0, 1.0),
+        unit: str | None = None,
+        probabilities: bool = False,
+        overwrite: bool = False,
+        extra: dict | None = None,
+    ) -> LabelStore:
+        """Create the store, or reopen it to resume when it was made with the same ``settings``."""
+        import zarr
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            try:
+                store = cls.open(path, mode="r+")
+            except StoreError as err:
+                raise StoreError(
+                    f"{path} exists and is not a histoseg output store; choose another --out or remove it"
+                ) from err
+            if store.info.get("settings") != settings or tuple(store.info["shape"]) != tuple(shape):
+                raise StoreError(
+                    f"{path} holds a run with other settings or another image; "
+                    "use another output path or overwrite it (resume needs identical settings)"
+                )
+            return store
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+        n_levels = pyramid_depth(shape, block)
+        chunks = level_chunks(block, n_levels)
+        group = zarr.open_group(str(path), mode="w")
+        for k in range(n_levels):
+            level_shape = (-(-shape[0] // (1 << k)), -(-shape[1] // (1 << k)))
+            group.create_array(
+                str(k),
+                shape=level_shape,
+                chunks=(chunks[k], chunks[k]),
+                dtype="uint8",
+                fill_value=0,
+                dimension_names=("y", "x"),
+            )
+        if probabilities:
+            group.create_array(
+                "probabilities",
+                shape=(*shape, len(CLASS_NAMES)),
+                chunks=(chunks[0], chunks[0], len(CLASS_NAMES)),
+                dtype="uint8",
+                fill_value=0,
+                dimension_names=("y", "x", "c"),
+            )
+        axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+        if unit:
+            for axis in axes:
+                axis["unit"] = unit
+        datasets = [
+            {
+                "path": str(k),
+                "coordinateTransformations": [{"type": "scale", "scale": [scale[0] * (1 << k), scale[1] * (1 << k)]}],
+            }
+            for k in range(n_levels)
+        ]
+        colors = [
+            {"label-value": i, "rgba": [*CLASS_COLORS[i].tolist(), 0 if i == 0 else 255]}
+            for i in range(len(CLASS_NAMES))
+        ]
+        properties = [{"label-value": i, "class": name} for i, name in enumerate(CLASS_NAMES)]
+        group.attrs.update(
+            {
+                "ome": {
+                    "version": "0.5",
+                    "multiscales": [{"name": "labels", "axes": axes, "datasets": datasets}],
+                    "image-label": {"colors": colors, "properties": properties},
+                },
+                "histoseg": {
+                    "shape": list(shape),
+                    "block": block,
+                    "n_levels": n_levels,
+                    "settings": settings,
+                    "complete": False,
+                    **(extra or {}),
+                },
+            }
+        )
+        (path / DONE_DIR).mkdir(exist_ok=True)
+        return cls(path, group)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> LabelStore:
+        """Open an existing output store."""
+        import zarr
+
+        path = Path(path)
+        try:
+            group = zarr.open_group(str(path), mode=mode)
+            if "histoseg" not in group.attrs:
+                raise StoreError(f"{path} is a zarr store but not a histoseg output (no 'histoseg' attributes)")
+            return cls(path, group)
+        except StoreError:
+            raise
+        except Exception as err:  # zarr raises several types for "not a store"
+            raise StoreError(f"cannot open {path} as a histoseg output store: {err}") from err
+
+    # -- block records ------------------------------------------------------------------------------------
+    def _marker(self, index: tuple[int, int]) -> Path:
+        return self.path / DONE_DIR / f"{index[0]}_{index[1]}.json"
+
+    def done_blocks(self) -> dict[tuple[int, int], list[int]]:
+        """Finished blocks and their class counts."""
+        done = {}
+        folder = self.path / DONE_DIR
+        if folder.is_dir():
+            for marker in folder.glob("*.json"):
+                by, bx = (int(v) for v in marker.stem.split("_"))
+                done[(by, bx)] = json.loads(marker.read_text())["counts"]
+        return done
+
+    def write_block(
+        self,
+        index: tuple[int, int],
+        core: tuple[int, int, int, int],
+        labels: np.ndarray | None,
+        probs: np.ndarray | None = None,
+    ) -> None:
+        """Write a finished block (all pyramid levels) and then record it. ``labels=None``: all background."""
+        y0, x0, y1, x1 = core
+        if labels is None:
+            counts = [(y1 - y0) * (x1 - x0)] + [0] * (len(CLASS_NAMES) - 1)
+            # Fill value is background, but a resumed or overwritten region may hold old data: clear it.
+            labels = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        else:
+            counts = _block_counts(labels)
+        for k, level in enumerate(self.levels):
+            step = 1 << k
+            level[
+                y0 // step : y0 // step + -(-(y1 - y0) // step),
+                x0 // step : x0 // step + -(-(x1 - x0) // step),
+            ] = labels[::step, ::step]
+        if self.probabilities is not None and probs is not None:
+            self.probabilities[y0:y1, x0:x1] = np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
+        tmp = self._marker(index).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"core": list(core), "counts": counts}))
+        os.replace(tmp, self._marker(index))
+
+    def finalize(self, summary: dict) -> None:
+        """Mark the store complete and keep the run summary in its attributes."""
+        info = dict(self.info)
+        info.update({"complete": True, "summary": summary})
+        self.group.attrs["histoseg"] = info
+        self.info = info
