@@ -43,9 +43,7 @@ _TYPES = (TUMOR, NON_TUMOR)
 
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
     if pred.shape != gt.shape or pred.ndim != 2:
-        raise ValueError(
-            f"prediction {pred.shape} and ground truth {gt.shape} must be 2-D maps of the same shape"
-        )
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} must be 2-D maps of the same shape")
 
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -191,9 +189,7 @@ class SegmentationMetrics:
         self.images = 0
         self._type_counts = {t: np.zeros(6, dtype=np.int64) for t in _TYPES}
 
-    def update(
-        self, pred_labels: np.ndarray, gt_labels: np.ndarray, gt_inst: np.ndarray | None = None
-    ) -> None:
+    def update(self, pred_labels: np.ndarray, gt_labels: np.ndarray, gt_inst: np.ndarray | None = None) -> None:
         """Add one image: predicted and true class maps (H, W), and optionally the true instance map."""
         pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)
         self.confusion += confusion_matrix(pred_labels, gt_labels, self.num_classes)

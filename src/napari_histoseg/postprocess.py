@@ -12,9 +12,7 @@ from .classes import BOUNDARY, NON_TUMOR, TUMOR
 _CONNECTIVITY_1 = ndi.generate_binary_structure(2, 1)
 
 
-def cells_from_labels(
-    labels: np.ndarray, *, min_area: int = 4, expand: float = 3.0
-) -> tuple[np.ndarray, np.ndarray]:
+def cells_from_labels(labels: np.ndarray, *, min_area: int = 4, expand: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
     """Cell instances from a class-label map.
 
     A cell is a 4-connected region of tumor or non-tumor pixels; the boundary class (and background) separates

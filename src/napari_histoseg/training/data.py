@@ -134,7 +134,8 @@ def _imread(path: Path) -> np.ndarray:
             return np.asarray(tifffile.imread(path))
         import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path))
+        # Pillow directly: letting imageio try every plugin on a corrupt file is slow and noisy.
+        return np.asarray(iio.imread(path, plugin="pillow"))
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except Exception as exc:  # decoders raise many unrelated types for a corrupt file
@@ -159,9 +160,7 @@ def _to_rgb(array: np.ndarray, path: Path) -> np.ndarray:
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-        raise DatasetError(
-            f"{path}: expected a 2-D RGB, RGBA or grey image, got an array of shape {array.shape}"
-        )
+        raise DatasetError(f"{path}: expected a 2-D RGB, RGBA or grey image, got an array of shape {array.shape}")
     channels = array.shape[-1]
     if channels <= 2:  # grey or grey + alpha
         array = np.repeat(array[..., :1], 3, axis=-1)
@@ -188,9 +187,7 @@ def read_mask(path: str | Path, *, tolerance: int = 60) -> tuple[np.ndarray, int
     rgb = _to_rgb(_to_uint8(_imread(path), path), path)
     packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
     colours, inverse, counts = np.unique(packed.ravel(), return_inverse=True, return_counts=True)
-    unique_rgb = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=1).astype(
-        np.int16
-    )
+    unique_rgb = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=1).astype(np.int16)
     distance = np.abs(unique_rgb[:, None, :] - CLASS_COLORS[None].astype(np.int16)).max(axis=-1)
     nearest = distance.argmin(axis=1)
     nearest_distance = distance[np.arange(len(colours)), nearest]
@@ -198,17 +195,13 @@ def read_mask(path: str | Path, *, tolerance: int = 60) -> tuple[np.ndarray, int
     if bad.any():
         order = np.argsort(-counts[bad], kind="stable")[:_MAX_COLOURS_REPORTED]
         bad_rgb, bad_counts = unique_rgb[bad][order], counts[bad][order]
-        listed = ", ".join(
-            f"{list(map(int, c))} ({int(n)} px)" for c, n in zip(bad_rgb, bad_counts, strict=True)
-        )
+        listed = ", ".join(f"{list(map(int, c))} ({int(n)} px)" for c, n in zip(bad_rgb, bad_counts, strict=True))
         more = int(bad.sum()) - len(order)
         suffix = f" and {more} more colour(s)" if more > 0 else ""
         raise DatasetError(
             f"{path}: {int(counts[bad].sum())} pixel(s) have colours that are not a class colour "
             f"(tolerance {tolerance}): {listed}{suffix}; allowed: "
-            + ", ".join(
-                f"{name} {list(map(int, c))}" for name, c in zip(CLASS_NAMES, CLASS_COLORS, strict=True)
-            )
+            + ", ".join(f"{name} {list(map(int, c))}" for name, c in zip(CLASS_NAMES, CLASS_COLORS, strict=True))
         )
     snapped = int(counts[nearest_distance > 0].sum())
     labels = nearest.astype(np.uint8)[inverse].reshape(rgb.shape[:2])
@@ -369,9 +362,7 @@ def cached_class_weights(
         if problems:
             raise DatasetError(problems)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(
-            json.dumps({"pixels_per_class": counts.tolist(), "images": len(pairs)}, indent=1) + "\n"
-        )
+        cache_file.write_text(json.dumps({"pixels_per_class": counts.tolist(), "images": len(pairs)}, indent=1) + "\n")
     weights = weights_from_counts(counts)
     log.info(
         "class weights N/N_c over %d image(s): %s (pixels per class %s)",

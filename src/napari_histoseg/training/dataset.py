@@ -61,9 +61,7 @@ class PatchDataset(Dataset):
         if not samples:
             raise ValueError("PatchDataset needs at least one sample")
         if patch < 8 or patch % 8:
-            raise ValueError(
-                f"patch must be a positive multiple of 8 (the network downsamples 3 times), got {patch}"
-            )
+            raise ValueError(f"patch must be a positive multiple of 8 (the network downsamples 3 times), got {patch}")
         self.samples = list(samples)
         self.patch = patch
         self.augment = augment
@@ -71,9 +69,7 @@ class PatchDataset(Dataset):
         self.seed = int(seed)
         self.small_rotation_deg = small_rotation_deg
         self.max_shift = max_shift
-        slots = [
-            math.ceil(s.labels.shape[0] / patch) * math.ceil(s.labels.shape[1] / patch) for s in self.samples
-        ]
+        slots = [math.ceil(s.labels.shape[0] / patch) * math.ceil(s.labels.shape[1] / patch) for s in self.samples]
         self._slot_image = np.repeat(np.arange(len(self.samples)), slots)
         self.samples_per_epoch = int(samples_per_epoch) if samples_per_epoch else len(self._slot_image)
         # Shared memory, so that persistent worker processes see set_epoch made in the main process.
