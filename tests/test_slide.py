@@ -204,17 +204,13 @@ def test_rgb16_scaled_to_8_bit(tmp_path, tissue) -> None:
 
 def test_planar_rgb(tmp_path, tissue) -> None:
     path = tmp_path / "planar.tif"
-    tifffile.imwrite(
-        path, np.moveaxis(tissue, -1, 0), photometric="rgb", planarconfig="separate", tile=(128, 128)
-    )
+    tifffile.imwrite(path, np.moveaxis(tissue, -1, 0), photometric="rgb", planarconfig="separate", tile=(128, 128))
     with open_slide(path) as slide:
         np.testing.assert_array_equal(slide.levels[0].compute(), tissue)
 
 
 def test_grey16_refused(tmp_path, tissue) -> None:
-    path = write_pyramid(
-        tmp_path / "grey16.tif", tissue[..., 0].astype(np.uint16) * 100, 1, compression="zlib"
-    )
+    path = write_pyramid(tmp_path / "grey16.tif", tissue[..., 0].astype(np.uint16) * 100, 1, compression="zlib")
     with pytest.raises(UnsupportedSlideError, match=r"grey16\.tif: 16-bit greyscale"):
         open_slide(path)
 

@@ -12,9 +12,7 @@ from napari_histoseg.io.slide import open_slide
 from napari_histoseg.io.tissue import tissue_fraction, tissue_mask
 
 
-def _disk_slide(
-    tmp_path: Path, size: int = 1600, radius: int = 500, specks: bool = False
-) -> tuple[Path, np.ndarray]:
+def _disk_slide(tmp_path: Path, size: int = 1600, radius: int = 500, specks: bool = False) -> tuple[Path, np.ndarray]:
     """White glass with a disk of real tissue (and optionally dust specks); returns path and true mask."""
     yy, xx = np.mgrid[:size, :size]
     disk = (yy - size // 2) ** 2 + (xx - size // 2) ** 2 < radius**2

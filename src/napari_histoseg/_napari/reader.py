@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Callable
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,9 @@ def _layer_name(path: Path) -> str:
 
 @lru_cache(maxsize=1)
 def _image_accepts_units() -> bool:
-    from napari.layers import Image  # units arrived in napari 0.6
-
-    return "units" in inspect.signature(Image.__init__).parameters
+    """napari >= 0.6 layers take ``units``; read the version without importing napari (slow) here."""
+    try:
+        major, minor = (int(part) for part in version("napari").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (0, 6)

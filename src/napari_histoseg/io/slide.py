@@ -116,9 +116,7 @@ class Slide:
 
     def _check_level(self, level: int) -> None:
         if not 0 <= level < len(self.levels):
-            raise ValueError(
-                f"{self.path.name}: level {level} does not exist (levels 0..{len(self.levels) - 1})"
-            )
+            raise ValueError(f"{self.path.name}: level {level} does not exist (levels 0..{len(self.levels) - 1})")
 
 
 def is_tiff(path: str | os.PathLike) -> bool:
@@ -243,9 +241,7 @@ def _classify(series: tifffile.TiffPageSeries, name: str, tif: tifffile.TiffFile
         return "rgba" if shape[-1] == 4 else "rgb"
     if axes == "YX":
         if photometric == tifffile.PHOTOMETRIC.PALETTE:
-            raise UnsupportedSlideError(
-                f"{name}: palette (indexed colour) image ({described}), not an RGB slide"
-            )
+            raise UnsupportedSlideError(f"{name}: palette (indexed colour) image ({described}), not an RGB slide")
         if dtype == np.uint16:
             raise UnsupportedSlideError(
                 f"{name}: 16-bit greyscale image ({described}), likely fluorescence or another "
@@ -287,9 +283,7 @@ def _as_dask(source: Any, level_series: tifffile.TiffPageSeries) -> da.Array:
         for i, (c, n) in enumerate(zip(file_chunks, shape, strict=True)):
             if n <= 4 and i in (0, len(shape) - 1):  # samples or planar-sample axis: keep whole
                 chunks.append(n)
-            elif (
-                c == n and n > 4 * TARGET_CHUNK
-            ):  # a strip's full width: split it (each piece decodes the strip)
+            elif c == n and n > 4 * TARGET_CHUNK:  # a strip's full width: split it (each piece decodes the strip)
                 chunks.append(4 * TARGET_CHUNK)
             else:
                 chunks.append(_chunk_len(c, n))
@@ -331,16 +325,12 @@ def _halve(level: da.Array) -> da.Array:
 
 
 def _probe(level: da.Array, name: str, series: tifffile.TiffPageSeries) -> None:
-    """Decode one chunk of the smallest file level so a missing codec or corrupt header fails at open."""
+    """Decode one tile of the smallest file level so a missing codec or corrupt data fails at open."""
     try:
-        level[: min(level.shape[0], level.chunksize[0]), : min(level.shape[1], level.chunksize[1])].compute(
-            scheduler="synchronous"
-        )
+        level[:1, :1].compute(scheduler="synchronous")  # one pixel: the fused getter decodes one tile
     except Exception as exc:
         compression = series.keyframe.compression.name
-        raise SlideError(
-            f"{name}: cannot decode the pixel data ({compression}): {type(exc).__name__}: {exc}"
-        ) from exc
+        raise SlideError(f"{name}: cannot decode the pixel data ({compression}): {type(exc).__name__}: {exc}") from exc
 
 
 def _check_not_truncated(series: tifffile.TiffPageSeries, name: str, file_size: int) -> None:
