@@ -1,0 +1,180 @@
+"""Segmentation jobs: a slide into a zarr store, or an in-memory image into an array.
+
+These are what the CLI and the napari widget call. Each is a generator of progress events ending in the result
+(see :mod:`.infer`); :func:`~.infer.run` drives one synchronously.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io.store import ArraySink, LabelStore
+from ..model.checkpoint import ModelCard, load_checkpoint
+from .device import prepare_model, select_device
+from .infer import InferenceProgress, InferenceResult, InferenceSettings, TissueTest, segment
+from .predictor import BlockPredictor
+from .resolution import plan_resolution
+
+log = logging.getLogger(__name__)
+
+Job = Generator[InferenceProgress | InferenceResult, None, InferenceResult]
+
+
+class SegmentationError(ValueError):
+    """A segmentation job that cannot run as asked (names the input and the problem)."""
+
+
+def default_model_path() -> Path | None:
+    """The bundled default model shipped inside the package, if there is one."""
+    from importlib.resources import files
+
+    path = Path(str(files("napari_histoseg") / "weights" / "default.safetensors"))
+    return path if path.is_file() else None
+
+
+def load_model(checkpoint: str | os.PathLike | None) -> tuple[torch.nn.Module, ModelCard]:
+    """Load a checkpoint (or the bundled default when ``checkpoint`` is None) on the CPU."""
+    if checkpoint is None:
+        checkpoint = default_model_path()
+        if checkpoint is None:
+            raise SegmentationError("no model given and no bundled default model is installed; pass a checkpoint")
+    return load_checkpoint(checkpoint)
+
+
+def make_predictor(model: torch.nn.Module, settings: InferenceSettings) -> BlockPredictor:
+    """Put the model on the chosen device, ready for inference."""
+    device = select_device(settings.device)
+    prepared = prepare_model(model, device, compile=settings.compile)
+    predictor = BlockPredictor(prepared, device, tile=settings.tile, batch_size=settings.batch_size)
+    predictor.num_classes = model.config.num_classes
+    return predictor
+
+
+def tissue_test(mask: np.ndarray, mask_downsample: float, output_downsample: float) -> TissueTest:
+    """A test "any tissue in this output box?" backed by a low-resolution mask."""
+    scale = output_downsample / mask_downsample
+
+    def has_tissue(y0: int, x0: int, y1: int, x1: int) -> bool:
+        my0, mx0 = max(0, math.floor(y0 * scale)), max(0, math.floor(x0 * scale))
+        my1, mx1 = math.ceil(y1 * scale), math.ceil(x1 * scale)
+        return bool(mask[my0:my1, mx0:mx1].any())
+
+    return has_tissue
+
+
+def _check_model_fits(name: str, shape: tuple[int, int], settings: InferenceSettings, model) -> None:
+    divisor = model.config.divisor
+    if settings.tile % divisor:
+        raise SegmentationError(f"tile {settings.tile} must be a multiple of {divisor} for this model")
+    if min(shape) < 1:
+        raise SegmentationError(f"{name}: the image is empty (shape {shape})")
+
+
+def segment_image(
+    image: np.ndarray,
+    model: torch.nn.Module,
+    card: ModelCard,
+    settings: InferenceSettings,
+    *,
+    mpp: float | None = None,
+    name: str = "image",
+) -> Job:
+    """Segment an in-memory (H, W, 3) image; the result holds ``labels`` (H, W) uint8.
+
+    Images smaller than a tile are padded (white) to one window, so any size works.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise SegmentationError(f"{name}: expected an RGB image (H, W, 3), got shape {image.shape}")
+    _check_model_fits(name, image.shape[:2], settings, model)
+    # An image without a stated resolution is taken to be at the model's (tiles, patches).
+    plan = plan_resolution([mpp or card.mpp], card.mpp)
+    predictor = make_predictor(model, settings)
+    sink = ArraySink(image.shape[:2], probabilities=settings.probabilities)
+    return segment(image[..., :3], predictor, sink, settings, plan)
+
+
+def segment_slide(
+    slide,
+    model: torch.nn.Module,
+    card: ModelCard,
+    out: str | os.PathLike,
+    settings: InferenceSettings,
+    *,
+    level: int | None = None,
+    input_mpp: float | None = None,
+    region: tuple[int, int, int, int] | None = None,
+    overwrite: bool = False,
+) -> Job:
+    """Segment a :class:`~napari_histoseg.io.slide.Slide` into a zarr label store at ``out``.
+
+    The level is chosen to match the model's resolution (``level``/``input_mpp`` override); background blocks
+    are skipped with the tissue mask when ``settings.skip_background``; ``region`` (level-0 y0, x0, y1, x1)
+    restricts the run to the blocks it touches. A rerun with the same settings resumes.
+    """
+    from ..io.tissue import tissue_mask
+
+    plan = plan_resolution(slide.mpp, card.mpp, level=level, input_mpp=input_mpp)
+    if plan.warning:
+        warnings.warn(f"{slide.path.name}: {plan.warning}", stacklevel=2)
+    image = slide.levels[plan.level]
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    _check_model_fits(slide.path.name, shape, settings, model)
+    downsample = slide.downsample(plan.level)
+    tissue = None
+    if settings.skip_background:
+        mask, mask_downsample = tissue_mask(slide)
+        tissue = tissue_test(mask, mask_downsample, downsample)
+    result_settings = {
+        **settings.result_settings(),
+        "level": plan.level,
+        "factor": plan.factor,
+        "model_sha256": card.sha256,
+    }
+    level0_mpp = slide.mpp[0] if input_mpp is None else input_mpp
+    scale = (level0_mpp * downsample,) * 2 if level0_mpp else (downsample, downsample)
+    store = LabelStore.create(
+        out,
+        shape,
+        block=settings.block,
+        settings=result_settings,
+        scale=scale,
+        unit="micrometer" if level0_mpp else None,
+        probabilities=settings.probabilities,
+        overwrite=overwrite,
+        extra={
+            "source": str(slide.path),
+            "level": plan.level,
+            "downsample": downsample,
+            "mpp": plan.output_mpp,
+            "model": {"name": card.name, "sha256": card.sha256, "mpp": card.mpp},
+        },
+    )
+    blocks = None
+    if region is not None:
+        blocks = _blocks_in_region(region, downsample, shape, settings.block)
+    predictor = make_predictor(model, settings)
+    result = yield from segment(image, predictor, store, settings, plan, tissue=tissue, blocks=blocks)
+    if blocks is None:
+        store.finalize(result.summary())
+    return result
+
+
+def _blocks_in_region(
+    region: tuple[int, int, int, int], downsample: float, shape: tuple[int, int], block: int
+) -> list[tuple[int, int]]:
+    y0, x0, y1, x1 = (v / downsample for v in region)
+    by0, bx0 = max(0, int(y0 // block)), max(0, int(x0 // block))
+    by1 = min(math.ceil(shape[0] / block), math.ceil(y1 / block))
+    bx1 = min(math.ceil(shape[1] / block), math.ceil(x1 / block))
+    if by1 <= by0 or bx1 <= bx0:
+        raise SegmentationError(f"region {region} does not overlap the image ({shape[0]} x {shape[1]} px)")
+    return [(by, bx) for by in range(by0, by1) for bx in range(bx0, bx1)]
