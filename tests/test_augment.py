@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from napari_histoseg.classes import CLASS_COLORS
-from napari_histoseg.training.augment import augment, jitter_stains
+from napari_histoseg.training.augment import _rotate_shift, augment, jitter_stains
 
 
 def _blocky(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +41,27 @@ def test_rotation_and_shift_move_image_and_labels_together():
         assert out_labels.dtype == np.uint8 and set(np.unique(out_labels)) <= {0, 1, 2, 3}
         # Bilinear blending only disagrees with nearest labels along block edges.
         assert (_class_of_colour(out_image) == out_labels).mean() > 0.9
+
+
+@pytest.mark.parametrize("shape", [(48, 48), (40, 56)])
+@pytest.mark.parametrize(("angle", "shift"), [(0.0, (3, -5)), (7.5, (0, 0)), (-13.0, (4, 9))])
+def test_rotate_shift_matches_scipy_affine_transform(shape, angle, shift):
+    """The torch warp is the map R (o - centre - shift) + centre, as scipy computes it."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
+    labels = rng.integers(0, 4, shape, dtype=np.uint8)
+    theta = np.deg2rad(angle)
+    matrix = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    centre = (np.array(shape, dtype=np.float64) - 1) / 2
+    offset = centre - matrix @ (centre + np.asarray(shift, dtype=np.float64))
+    expected = np.stack(
+        [ndi.affine_transform(image[..., c], matrix, offset, order=1, mode="reflect") for c in range(3)], axis=-1
+    )
+    expected_labels = ndi.affine_transform(labels, matrix, offset, order=0, mode="reflect")
+    out_image, out_labels = _rotate_shift(image, labels, angle, shift)
+    assert out_image.dtype == np.uint8 and out_labels.dtype == np.uint8
+    assert np.abs(out_image.astype(int) - expected).max() <= 1
+    assert (out_labels != expected_labels).mean() < 0.002  # nearest-neighbour ties may round differently
 
 
 def test_shift_only_translates_the_content():
@@ -90,6 +112,20 @@ def test_stain_jitter_changes_colour_not_geometry():
     a = augment(image, labels, np.random.default_rng(1), stain_jitter=0.05)
     b = augment(image, labels, np.random.default_rng(1), stain_jitter=0.0)
     assert np.array_equal(a[1], b[1])
+
+
+def test_stain_jitter_equals_scikit_image_colour_deconvolution():
+    from skimage.color import hed2rgb, rgb2hed
+
+    image = np.random.default_rng(4).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    image[0, 0] = 0  # the darkest pixel exercises the 1e-6 floor of the optical density
+    out = jitter_stains(image, 0.05, np.random.default_rng(11))
+    rng = np.random.default_rng(11)
+    hed = rgb2hed(image)
+    alpha = rng.uniform(0.95, 1.05, size=3)
+    beta = rng.uniform(-0.05, 0.05, size=3) * np.maximum(np.ptp(hed.reshape(-1, 3), axis=0), 0.05)
+    expected = np.clip(np.rint(hed2rgb(hed * alpha + beta) * 255), 0, 255)
+    assert np.abs(out.astype(int) - expected).max() <= 1
 
 
 def test_bad_shapes_are_rejected():

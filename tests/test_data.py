@@ -140,6 +140,7 @@ def test_wrong_colour_names_file_colour_and_count(tmp_path: Path):
     assert "bad_gt.png" in message and "10 pixel(s)" in message
     assert "[255, 255, 0] (7 px)" in message and "[128, 128, 128] (3 px)" in message
     assert message.index("[255, 255, 0]") < message.index("[128, 128, 128]")  # most frequent first
+    assert "JPEG" not in message
     # A stricter tolerance rejects what the default snaps.
     noisy = CLASS_COLORS[_labels(4, 4)].copy()
     noisy[0, 0] = [30, 0, 0]
@@ -147,6 +148,13 @@ def test_wrong_colour_names_file_colour_and_count(tmp_path: Path):
     assert read_mask(tmp_path / "n_gt.png")[1] == 1
     with pytest.raises(DatasetError, match=r"\[30, 0, 0\] \(1 px\)"):
         read_mask(tmp_path / "n_gt.png", tolerance=10)
+
+
+def test_jpeg_saved_mask_is_rejected_with_a_hint(tmp_path: Path):
+    labels = np.kron(_labels(8, 8), np.ones((4, 4), np.uint8))
+    iio.imwrite(tmp_path / "j_gt.png", iio.imread(iio.imwrite("<bytes>", CLASS_COLORS[labels], extension=".jpg")))
+    with pytest.raises(DatasetError, match="more colour.*lossy compression such as JPEG"):
+        read_mask(tmp_path / "j_gt.png")
 
 
 def test_load_pairs_validates_everything_before_returning(good_set: Path):

@@ -7,7 +7,6 @@ result on any machine and in any worker process.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 
 def _dihedral(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
@@ -24,37 +23,70 @@ def _dihedral(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
 def _rotate_shift(
     image: np.ndarray, labels: np.ndarray, angle_deg: float, shift: tuple[float, float]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate about the centre by ``angle_deg``, shift by ``shift`` (rows, cols) px; reflect at edges."""
+    """Rotate about the centre by ``angle_deg``, shift by ``shift`` (rows, cols) px; reflect at edges.
+
+    Output pixel ``o`` samples the input at ``R (o - centre - shift) + centre``. torch's ``grid_sample`` does this
+    about 4x faster than ``scipy.ndimage.affine_transform`` (one call for all channels).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    h, w = labels.shape
     theta = np.deg2rad(angle_deg)
     cos, sin = np.cos(theta), np.sin(theta)
-    # affine_transform maps each output coordinate o to the input coordinate matrix @ o + offset.
-    matrix = np.array([[cos, -sin], [sin, cos]])
-    centre = (np.array(labels.shape, dtype=np.float64) - 1) / 2
-    offset = centre - matrix @ (centre + np.asarray(shift, dtype=np.float64))
-    out_image = np.empty_like(image)
-    for channel in range(image.shape[2]):
-        ndi.affine_transform(
-            image[..., channel], matrix, offset, output=out_image[..., channel], order=1, mode="reflect"
-        )
-    out_labels = ndi.affine_transform(labels, matrix, offset, order=0, mode="reflect")
-    return out_image, out_labels
+    sr, sc = float(shift[0]), float(shift[1])
+    # The same map in affine_grid's normalised (x = col, y = row) coordinates, align_corners=False.
+    matrix = torch.tensor(
+        [
+            [cos, sin * h / w, -2 * (sin * sr + cos * sc) / w],
+            [-sin * w / h, cos, -2 * (cos * sr - sin * sc) / h],
+        ],
+        dtype=torch.float32,
+    )[None]
+    grid = F.affine_grid(matrix, [1, 1, h, w], align_corners=False)
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    warped = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    classes = torch.from_numpy(np.ascontiguousarray(labels))[None, None].float()
+    warped_labels = F.grid_sample(classes, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+    out_image = warped[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return out_image, warped_labels[0, 0].numpy().astype(labels.dtype)
+
+
+def _hed_lookup() -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    # skimage's separate_stains: optical density log(max(rgb, 1e-6)) / log(1e-6), tabulated for 8-bit input.
+    log_adjust = np.log(1e-6)
+    od = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / log_adjust).astype(np.float32)
+    return od, hed_from_rgb.astype(np.float32), rgb_from_hed.astype(np.float32), float(-log_adjust)
+
+
+_HED = None
 
 
 def jitter_stains(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """H&E colour augmentation (Tellez et al. 2018): in HED space, each stain s becomes a * s + b.
 
     ``a`` is drawn from U(1 - sigma, 1 + sigma) and ``b`` from U(-sigma, sigma) * (the stain's range over the
-    image, at least 0.05), so ``sigma`` is a relative strength; 0.02-0.05 gives plausible lab-to-lab
-    variation.
+    image, at least 0.05), so ``sigma`` is a relative strength; 0.02-0.05 gives plausible lab-to-lab variation.
+    The colour deconvolution is scikit-image's ``rgb2hed`` / ``hed2rgb`` (Ruifrok & Johnston), computed in
+    float32 with a lookup table for the 8-bit optical densities (several times faster, same result to 1 level).
     """
-    from skimage.color import hed2rgb, rgb2hed
-
-    hed = rgb2hed(image)
+    global _HED
+    if _HED is None:
+        _HED = _hed_lookup()
+    od, hed_from_rgb, rgb_from_hed, log_scale = _HED
+    shape = image.shape
+    hed = od[image.reshape(-1, 3)] @ hed_from_rgb
+    np.maximum(hed, 0, out=hed)
     alpha = rng.uniform(1 - sigma, 1 + sigma, size=3)
-    spread = np.maximum(hed.reshape(-1, 3).max(axis=0) - hed.reshape(-1, 3).min(axis=0), 0.05)
+    spread = np.maximum(hed.max(axis=0) - hed.min(axis=0), 0.05)
     beta = rng.uniform(-sigma, sigma, size=3) * spread
-    rgb = hed2rgb(hed * alpha + beta)
-    return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+    hed *= alpha.astype(np.float32)
+    hed += beta.astype(np.float32)
+    rgb = np.exp(-(hed * log_scale) @ rgb_from_hed)
+    np.clip(rgb * 255.0, 0, 255, out=rgb)
+    return np.rint(rgb).astype(np.uint8).reshape(shape)
 
 
 def augment(

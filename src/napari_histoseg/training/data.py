@@ -33,6 +33,8 @@ GT_SUFFIX = "_gt.png"
 _TIFF = (".tif", ".tiff")
 # Offending colours listed in an error message, per file (the most frequent first).
 _MAX_COLOURS_REPORTED = 5
+# More distinct wrong colours than this in one mask: hint that it was saved lossily.
+_LOSSY_HINT_COLOURS = 10
 
 
 class DatasetError(ValueError):
@@ -198,6 +200,8 @@ def read_mask(path: str | Path, *, tolerance: int = 60) -> tuple[np.ndarray, int
         listed = ", ".join(f"{list(map(int, c))} ({int(n)} px)" for c, n in zip(bad_rgb, bad_counts, strict=True))
         more = int(bad.sum()) - len(order)
         suffix = f" and {more} more colour(s)" if more > 0 else ""
+        if int(bad.sum()) > _LOSSY_HINT_COLOURS:
+            suffix += " (so many colours suggest lossy compression such as JPEG: save masks as PNG)"
         raise DatasetError(
             f"{path}: {int(counts[bad].sum())} pixel(s) have colours that are not a class colour "
             f"(tolerance {tolerance}): {listed}{suffix}; allowed: "
