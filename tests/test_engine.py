@@ -46,7 +46,7 @@ def whole_image_reference(image: np.ndarray, model, tile: int, overlap: float, r
     """Sliding windows over the whole image in memory, one canvas: what the engine must reproduce."""
     grid = WindowGrid.from_overlap(tile, overlap)
     h, w = image.shape[:2]
-    ys, xs = grid.starts(0, h), grid.starts(0, w)
+    ys, xs = grid.positions(h), grid.positions(w)
     pad_top, pad_left = -int(ys[0]), -int(xs[0])
     ph, pw = int(ys[-1]) + tile + pad_top, int(xs[-1]) + tile + pad_left
     canvas = np.full((ph, pw, 3), 255, np.uint8)
@@ -173,3 +173,15 @@ def test_plan_resolution_picks_level():
     assert plan_resolution([None], 0.25, input_mpp=0.5).factor == 2.0
     with pytest.raises(ValueError, match="level 3"):
         plan_resolution([0.25], 0.25, level=3)
+
+
+def test_window_grid_covers_the_image_with_monai_positions():
+    grid = WindowGrid.from_overlap(256, 0.25)
+    assert grid.stride == 192
+    assert grid.positions(4096).tolist() == [*range(0, 4096 - 256, 192), 4096 - 256]
+    assert grid.positions(100).tolist() == [0]  # shorter than a tile: one padded window
+    starts = grid.starts(1000, 1200, 4096)
+    assert all(s < 1200 and s + 256 > 1000 for s in starts)
+    assert set(grid.positions(4096)) - set(starts) == {
+        p for p in grid.positions(4096) if not (p < 1200 and p + 256 > 1000)
+    }

@@ -20,11 +20,15 @@ import numpy as np
 
 @dataclass(frozen=True)
 class WindowGrid:
-    """The global window lattice: windows of ``tile`` px every ``stride`` px, starting at ``origin``."""
+    """The global window lattice: windows of ``tile`` px every ``stride`` px along each axis.
+
+    As in MONAI's sliding window, the last window of an axis is moved back to end at the image border, so the image
+    is covered by the fewest windows and none hangs over the edge (an axis shorter than a tile gets one window,
+    padded).
+    """
 
     tile: int
     stride: int
-    origin: int
 
     @classmethod
     def from_overlap(cls, tile: int, overlap: float) -> WindowGrid:
@@ -33,15 +37,18 @@ class WindowGrid:
             raise ValueError(f"tile must be at least 16 px, got {tile}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        stride = max(1, int(round(tile * (1.0 - overlap))))
-        # Centre the lattice so that the first and last image pixels are not at the very edge of a window.
-        return cls(tile=tile, stride=stride, origin=-((tile - stride) // 2))
+        return cls(tile=tile, stride=max(1, int(round(tile * (1.0 - overlap)))))
 
-    def starts(self, lo: int, hi: int) -> np.ndarray:
-        """Start positions of the windows (on one axis) that intersect ``[lo, hi)``."""
-        first = math.floor((lo - self.tile - self.origin) / self.stride) + 1
-        last = math.ceil((hi - self.origin) / self.stride) - 1
-        return self.origin + self.stride * np.arange(first, last + 1)
+    def positions(self, length: int) -> np.ndarray:
+        """Start positions of all windows along an axis of ``length`` px."""
+        if length <= self.tile:
+            return np.zeros(1, dtype=np.int64)
+        return np.append(np.arange(0, length - self.tile, self.stride), length - self.tile)
+
+    def starts(self, lo: int, hi: int, length: int) -> np.ndarray:
+        """Start positions of the windows (on an axis of ``length`` px) that intersect ``[lo, hi)``."""
+        p = self.positions(length)
+        return p[(p < hi) & (p + self.tile > lo)]
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ def make_block(index: tuple[int, int], shape: tuple[int, int], block: int, grid:
     # The opening needs labels ``halo`` px around the core, but only inside the image.
     ny0, nx0 = max(0, y0 - halo), max(0, x0 - halo)
     ny1, nx1 = min(shape[0], y1 + halo), min(shape[1], x1 + halo)
-    ys, xs = grid.starts(ny0, ny1), grid.starts(nx0, nx1)
+    ys, xs = grid.starts(ny0, ny1, shape[0]), grid.starts(nx0, nx1, shape[1])
     read = (int(ys[0]), int(xs[0]), int(ys[-1]) + grid.tile, int(xs[-1]) + grid.tile)
     return Block(index=index, core=(y0, x0, y1, x1), read=read, window_starts=(ys - read[0], xs - read[1]))
 
