@@ -1,0 +1,844 @@
+"""Train a ResUNet++ on folder pairs: a generator of progress events, a synchronous runner, resumable runs.
+
+A run lives in one folder ``RUN_DIR``::
+
+    config.json                 the TrainConfig (what the run was asked to do)
+    class_weights.json          pixels per class over the training set and the weights N / N_c
+    metrics.csv                 one row per epoch: training loss, learning rate, validation metrics
+    best.safetensors/.json      the checkpoint with the best validation score (model card with its metrics)
+    last.safetensors/.json      the checkpoint of the last finished epoch
+    state.safetensors           everything needed to resume, in one file: weights, optimizer tensors, RNG
+                                state; the rest (epoch, step, best score, scheduler) as JSON in its metadata
+
+Every file is written atomically (a temporary file, then a rename), and Ctrl-C is held back while a
+checkpoint is being written, so stopping at any moment leaves valid checkpoints. A run resumes at the
+start of the epoch after the last finished one; a stop in the middle of an epoch loses that epoch's steps.
+
+Selection ("best"): ``select_metric="score"`` is the mean of the object-level detection F1, the tumor type F1
+and the mean pixel F1 (Dice) over the three cell classes, all on the validation set after the opening; it
+rewards finding cells, typing tumor cells, and drawing them, equally. Any single metric can be chosen instead,
+or ``val_loss`` (lower is better).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..classes import CLASS_NAMES, NUM_CLASSES
+from ..engine.device import select_device
+from ..model.checkpoint import card_for, finetune_config, load_matching_weights, save_checkpoint
+from ..model.resunetpp import ModelConfig, ResUNetPlusPlus, build_model, count_parameters
+from .data import find_pairs, load_pairs, split_by_image, weights_from_counts
+from .dataset import PatchDataset, default_num_workers, make_loader
+from .evaluate import DEFAULT_OPENING_RADIUS, EvalResult, evaluate_model
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
+SCHEDULERS = ("cosine", "plateau", "none")
+#: Metrics "best" can be chosen by; all higher-is-better except ``val_loss``.
+SELECT_METRICS = ("score", "mean_f1", "detection_f1", "type_f1_tumor", "type_f1_non_tumor", "val_loss")
+DEFAULT_VAL_FRACTION = 0.2
+#: Options that may change when a run is resumed (they do not change what is being trained).
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "max_steps", "val_every", "out"})
+STATE_FORMAT = "napari-histoseg-train-state/1"
+BEST, LAST, STATE = "best", "last", "state.safetensors"
+CSV_FIELDS = (
+    "epoch",
+    "global_step",
+    "train_loss",
+    "lr",
+    "seconds",
+    "val_loss",
+    "score",
+    "mean_f1",
+    "detection_f1",
+    "detection_precision",
+    "detection_recall",
+    "type_f1_tumor",
+    "type_f1_non_tumor",
+    *(f"dice_{name.replace(' ', '_').replace('-', '_')}" for name in CLASS_NAMES),
+    "is_best",
+)
+
+
+class TrainConfigError(ValueError):
+    """A training configuration or run folder cannot be used; the message names the option or file."""
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``histoseg train``; JSON-serialisable (saved as ``RUN_DIR/config.json``).
+
+    - ``val_dir``: a separate validation folder. Without it, ``val_fraction`` of the training images (0 means
+      the default, 0.2) are held out as whole images; ``group_regex`` (its first group names the source image,
+      e.g. ``"^(.+)_\\d+$"`` for ``tile_003``) keeps patches cut from one image on one side.
+    - ``width``: width multiplier of the network (1.0 = 4.1 M parameters). With ``init`` and no ``width``, the
+      checkpoint's architecture is used.
+    - ``warmup``: steps of linear learning-rate warm-up. ``scheduler``: ``cosine`` decays per step to 1% of
+      ``lr`` at the last epoch; ``plateau`` halves it after 3 validations without improvement.
+    - ``samples_per_epoch``: patches per epoch (default: enough to tile every training image once).
+    - ``amp``: bf16 autocast on CUDA (ignored elsewhere). ``model_mpp``: microns per pixel of the training
+      images, stored in the model card so inference matches it (CoNSeP: 0.25).
+    - ``max_steps``: stop after this many optimizer steps in total (smoke tests, benchmarks).
+    """
+
+    train_dir: str
+    out: str
+    val_dir: str | None = None
+    val_fraction: float = 0.0
+    group_regex: str | None = None
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-4
+    patch: int = 256
+    optimizer: str = "rmsprop"
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    warmup: int = 0
+    init: str | None = None
+    width: float | None = None
+    stain_jitter: float = 0.0
+    samples_per_epoch: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int | None = None
+    amp: bool = True
+    model_mpp: float | None = None
+    select_metric: str = "score"
+    val_every: int = 1
+    max_steps: int | None = None
+    opening_radius: int = DEFAULT_OPENING_RADIUS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`TrainConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise TrainConfigError(f"unknown training options {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def validated(self) -> TrainConfig:
+        """A copy with absolute paths, after checking every option; raises :class:`TrainConfigError`."""
+        c = TrainConfig(**self.to_dict())
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise TrainConfigError(message)
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(bool(c.train_dir) and Path(c.train_dir).is_dir(), f"training folder not found: {c.train_dir}")
+        need(bool(c.out), "an output run folder (out) is required")
+        need(not Path(c.out).exists() or Path(c.out).is_dir(), f"out {c.out} exists and is not a folder")
+        need(c.val_dir is None or Path(c.val_dir).is_dir(), f"validation folder not found: {c.val_dir}")
+        need(
+            is_num(c.val_fraction) and 0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1), got {c.val_fraction}"
+        )
+        need(
+            not (c.val_dir and c.val_fraction),
+            "give either a validation folder (val_dir) or a validation fraction, not both",
+        )
+        if c.group_regex is not None:
+            try:
+                need(re.compile(c.group_regex).groups >= 1, f"group_regex {c.group_regex!r} needs a group (...)")
+            except re.error as e:
+                raise TrainConfigError(f"group_regex {c.group_regex!r} is not a valid regular expression: {e}") from e
+        need(is_int(c.epochs) and c.epochs >= 1, f"epochs must be a positive integer, got {c.epochs!r}")
+        need(is_int(c.batch_size) and c.batch_size >= 1, f"batch_size must be a positive integer, got {c.batch_size!r}")
+        need(is_num(c.lr) and c.lr > 0, f"lr must be a positive number, got {c.lr!r}")
+        need(is_int(c.patch) and c.patch >= 8 and c.patch % 8 == 0, f"patch must be a multiple of 8, got {c.patch!r}")
+        need(c.optimizer in OPTIMIZERS, f"unknown optimizer {c.optimizer!r}; choose one of {OPTIMIZERS}")
+        need(is_num(c.weight_decay) and c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay!r}")
+        need(c.scheduler in SCHEDULERS, f"unknown scheduler {c.scheduler!r}; choose one of {SCHEDULERS}")
+        need(is_int(c.warmup) and c.warmup >= 0, f"warmup must be a number of steps >= 0, got {c.warmup!r}")
+        need(
+            c.init is None or Path(c.init).exists() or Path(c.init + ".safetensors").exists(),
+            f"init checkpoint not found: {c.init}",
+        )
+        need(c.width is None or (is_num(c.width) and 0 < c.width <= 16), f"width must be in (0, 16], got {c.width!r}")
+        need(
+            is_num(c.stain_jitter) and 0 <= c.stain_jitter < 1,
+            f"stain_jitter must be in [0, 1), got {c.stain_jitter!r}",
+        )
+        need(
+            c.samples_per_epoch is None or (is_int(c.samples_per_epoch) and c.samples_per_epoch >= 1),
+            f"samples_per_epoch must be a positive integer, got {c.samples_per_epoch!r}",
+        )
+        need(is_int(c.seed), f"seed must be an integer, got {c.seed!r}")
+        need(
+            c.num_workers is None or (is_int(c.num_workers) and c.num_workers >= 0),
+            f"num_workers must be >= 0, got {c.num_workers!r}",
+        )
+        need(
+            c.model_mpp is None or (is_num(c.model_mpp) and c.model_mpp > 0),
+            f"model_mpp must be positive, got {c.model_mpp!r}",
+        )
+        need(
+            c.select_metric in SELECT_METRICS,
+            f"unknown select_metric {c.select_metric!r}; choose one of {SELECT_METRICS}",
+        )
+        need(is_int(c.val_every) and c.val_every >= 1, f"val_every must be a positive integer, got {c.val_every!r}")
+        need(
+            c.max_steps is None or (is_int(c.max_steps) and c.max_steps >= 1),
+            f"max_steps must be positive, got {c.max_steps!r}",
+        )
+        need(
+            is_int(c.opening_radius) and c.opening_radius >= 0, f"opening_radius must be >= 0, got {c.opening_radius!r}"
+        )
+        c.amp = bool(c.amp)
+        c.train_dir = str(Path(c.train_dir).resolve())
+        c.out = str(Path(c.out).resolve())
+        c.val_dir = None if c.val_dir is None else str(Path(c.val_dir).resolve())
+        c.init = None if c.init is None else str(Path(c.init).resolve())
+        return c
+
+
+@dataclass
+class TrainStart:
+    """The first event: what is about to be trained."""
+
+    run_dir: str
+    device: str
+    train_images: int
+    val_images: int
+    class_weights: list[float]
+    pixels_per_class: list[int]
+    parameters: int
+    steps_per_epoch: int
+    start_epoch: int  # the first epoch to run (> 1 when resuming)
+    epochs: int
+    init_report: dict | None = None
+
+
+@dataclass
+class StepEvent:
+    """One optimizer step. ``samples_per_second`` is averaged over the epoch so far."""
+
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    global_step: int
+    loss: float
+    lr: float
+    samples_per_second: float
+
+
+@dataclass
+class EpochEvent:
+    """One finished epoch (``val`` is empty and ``score`` NaN when this epoch was not validated)."""
+
+    epoch: int
+    epochs: int
+    train_loss: float
+    val: dict
+    score: float
+    best_score: float
+    best_epoch: int
+    is_best: bool
+    seconds: float
+    validation_seconds: float
+    lr: float
+    best_checkpoint: str | None
+    last_checkpoint: str
+
+
+@dataclass
+class TrainResult:
+    """The end of a run (also after a stop: ``cancelled`` or ``stopped_early``)."""
+
+    run_dir: str
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    best_metrics: dict
+    best_epoch: int
+    best_score: float
+    epochs_done: int
+    cancelled: bool = False
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+# --- small helpers ---------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _hold_interrupts():
+    """Delay Ctrl-C (SIGINT) until the block ends, so files written together stay consistent."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
+
+
+def selection_score(metrics: dict, select_metric: str = "score") -> float:
+    """The number "best" maximises (``val_loss`` is negated); NaN when undefined. See the module docstring."""
+    if select_metric == "score":
+        parts = [metrics.get(k, float("nan")) for k in ("detection_f1", "type_f1_tumor", "mean_f1")]
+        finite = [float(p) for p in parts if p is not None and math.isfinite(p)]
+        return float(np.mean(finite)) if finite else float("nan")
+    value = metrics.get(select_metric)
+    if value is None or not math.isfinite(value):
+        return float("nan")
+    return -float(value) if select_metric == "val_loss" else float(value)
+
+
+def _group_of(regex: str | None) -> Callable[[str], str] | None:
+    if regex is None:
+        return None
+    pattern = re.compile(regex)
+
+    def group(name: str) -> str:
+        match = pattern.search(name)
+        return match.group(1) if match else name
+
+    return group
+
+
+def split_data(config: TrainConfig) -> tuple[list, list]:
+    """The (train, validation) pairs of a config: the validation folder, or whole images held out."""
+    pairs = find_pairs(config.train_dir)
+    if config.val_dir is not None:
+        return pairs, find_pairs(config.val_dir)
+    fraction = config.val_fraction or DEFAULT_VAL_FRACTION
+    return split_by_image(pairs, fraction, config.seed, group_of=_group_of(config.group_regex))
+
+
+def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    wd = config.weight_decay
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=config.lr, weight_decay=wd)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=wd)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=wd)
+
+
+def _lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Learning-rate multiplier before optimizer step ``step`` (0-based): warm-up, then the schedule."""
+    if config.warmup and step < config.warmup:
+        return (step + 1) / config.warmup
+    if config.scheduler != "cosine":
+        return 1.0
+    span = max(1, total_steps - config.warmup)
+    progress = min(1.0, (step - config.warmup) / span)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _build_model(config: TrainConfig) -> tuple[ResUNetPlusPlus, dict | None]:
+    torch.manual_seed(config.seed)
+    if config.init is None:
+        return build_model(ModelConfig.scaled(config.width or 1.0)), None
+    if config.width is None:
+        model_config = finetune_config(config.init, num_classes=NUM_CLASSES)
+    else:
+        model_config = ModelConfig.scaled(config.width)
+    model = build_model(model_config)
+    report = load_matching_weights(model, config.init)  # CheckpointError when too little matches
+    return model, {"checkpoint": config.init, "loaded": len(report["loaded"]), "skipped": report["skipped"]}
+
+
+# --- state (resume) --------------------------------------------------------------------------------------------
+
+
+def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: dict) -> None:
+    """Weights, optimizer tensors and RNG state as safetensors; everything else as JSON metadata. No pickle."""
+    tensors: dict[str, torch.Tensor] = {
+        f"model/{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+    }
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in opt["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{index}/{key}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    tensors["rng/torch"] = torch.get_rng_state()
+    info = {
+        **info,
+        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars, "indices": list(map(int, opt["state"]))},
+    }
+    data = st_save(tensors, metadata={"format": STATE_FORMAT, "state": json.dumps(info)})
+    _atomic_write(path, data)
+
+
+def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        data = path.read_bytes()
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+        if metadata.get("format") != STATE_FORMAT:
+            raise ValueError(f"format {metadata.get('format')!r}, expected {STATE_FORMAT!r}")
+        return tensors, json.loads(metadata["state"])
+    except Exception as e:  # noqa: BLE001 -- any decoding problem means the same thing to the user
+        raise TrainConfigError(f"{path}: cannot resume from this state file ({type(e).__name__}: {e})") from e
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    state: dict[int, dict[str, Any]] = {i: {} for i in info["indices"]}
+    for name, tensor in tensors.items():
+        if name.startswith("optim/"):
+            _, index, key = name.split("/", 2)
+            state[int(index)][key] = tensor
+    for index, entries in info["scalars"].items():
+        state[int(index)].update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+# --- run folder ------------------------------------------------------------------------------------------------
+
+
+def _config_differences(saved: dict, current: dict) -> list[str]:
+    keys = sorted((set(saved) | set(current)) - RESUMABLE_CHANGES)
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+
+
+def _csv_row(
+    epoch: int, global_step: int, train_loss: float, lr: float, seconds: float, val: dict, is_best: bool, score: float
+) -> dict:
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "global_step": global_step,
+        "train_loss": f"{train_loss:.6g}",
+        "lr": f"{lr:.6g}",
+        "seconds": f"{seconds:.2f}",
+        "score": "" if not math.isfinite(score) else f"{score:.6g}",
+        "is_best": int(is_best),
+    }
+    for key in (
+        "val_loss",
+        "mean_f1",
+        "detection_f1",
+        "detection_precision",
+        "detection_recall",
+        "type_f1_tumor",
+        "type_f1_non_tumor",
+    ):
+        value = val.get(key)
+        row[key] = "" if value is None or not math.isfinite(value) else f"{value:.6g}"
+    for name, value in zip(CSV_FIELDS[13:17], val.get("dice", [None] * 4), strict=False):
+        row[name] = "" if value is None or not math.isfinite(value) else f"{value:.6g}"
+    return row
+
+
+def read_metrics_csv(run_dir: str | Path) -> list[dict[str, str]]:
+    """The rows of ``RUN_DIR/metrics.csv`` (empty when there is none)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(path, buffer.getvalue().encode())
+
+
+# --- the loop --------------------------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[TrainStart | StepEvent | EpochEvent | TrainResult, None, TrainResult]:
+    """Train as configured; yields a :class:`TrainStart`, :class:`StepEvent` per step, :class:`EpochEvent` per
+    epoch, and finally the :class:`TrainResult` (also its return value).
+
+    ``resume`` continues the run in ``config.out`` from its last finished epoch (only ``epochs``, ``device``,
+    ``num_workers``, ``max_steps`` and ``val_every`` may differ). ``should_stop`` is polled before every step:
+    when it returns True the run ends with ``cancelled=True``. Closing the generator (``.close()``, a napari
+    worker's ``quit()``) stops it too; either way the best and last checkpoints of the finished epochs and the
+    state to resume from stay valid.
+    """
+    config = config.validated()
+    run_dir = Path(config.out)
+    state_path = run_dir / STATE
+    config_path = run_dir / "config.json"
+    if resume:
+        if not state_path.is_file():
+            raise TrainConfigError(f"{run_dir}: nothing to resume (no {STATE}); start a new run without --resume")
+        saved = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        differences = _config_differences(saved, config.to_dict())
+        if differences:
+            raise TrainConfigError(
+                f"{config_path}: --resume needs the same options as the run (only epochs, device, num_workers, "
+                f"max_steps and val_every may change); differences: {'; '.join(differences)}"
+            )
+    elif state_path.is_file() or (run_dir / f"{LAST}.safetensors").is_file():
+        raise TrainConfigError(
+            f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out"
+        )
+
+    device = select_device(config.device)
+    train_pairs, val_pairs = split_data(config)
+    overlap = {p.image.resolve() for p in train_pairs} & {p.image.resolve() for p in val_pairs}
+    if overlap and config.val_dir is None:
+        raise TrainConfigError(f"images on both sides of the split: {sorted(map(str, overlap))[:3]}")
+    train_samples, report = load_pairs(train_pairs)
+    val_samples, _ = load_pairs(val_pairs)
+    counts = report["pixels_per_class"]
+    class_weights = weights_from_counts(counts)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    info: dict[str, Any] = {}
+    if resume:
+        tensors, info = _load_state(state_path)
+        model = build_model(ModelConfig.from_dict(info["model_config"]))
+        model.load_state_dict({k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")})
+        init_report = info.get("init_report")
+    else:
+        model, init_report = _build_model(config)
+        _atomic_write(config_path, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+        summary = {
+            "images": len(train_samples),
+            "pixels_per_class": counts,
+            "classes": list(CLASS_NAMES),
+            "class_weights": [float(w) for w in class_weights],
+        }
+        _atomic_write(run_dir / "class_weights.json", (json.dumps(summary, indent=2) + "\n").encode())
+        _write_csv(run_dir / "metrics.csv", [])
+
+    # channels_last only on CUDA: on CPU, oneDNN's 1x1-convolution weight gradient (torch 2.13, AVX-512)
+    # crashes with channels_last at narrow widths, and the layout gains little there.
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = model.to(device).to(memory_format=memory_format)
+    optimizer = _make_optimizer(config, model.parameters())
+    plateau = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+        if config.scheduler == "plateau"
+        else None
+    )
+    start_epoch, global_step = 1, 0
+    best_score, best_epoch, best_metrics = float("-inf"), 0, {}
+    history: list[dict] = []
+    if resume:
+        _restore_optimizer(optimizer, tensors, info["optimizer"])
+        if plateau is not None and info.get("plateau"):
+            plateau.load_state_dict(info["plateau"])
+        torch.set_rng_state(tensors["rng/torch"])
+        start_epoch, global_step = info["epoch"] + 1, info["global_step"]
+        best_score = info["best_score"] if info["best_score"] is not None else float("-inf")
+        best_epoch, best_metrics = info["best_epoch"], info["best_metrics"]
+        rows = [r for r in read_metrics_csv(run_dir) if int(r["epoch"]) <= info["epoch"]]
+        _write_csv(run_dir / "metrics.csv", rows)  # drop rows of an epoch whose state was never saved
+        history = info.get("history", [])
+    del tensors
+
+    dataset = PatchDataset(
+        train_samples,
+        patch=config.patch,
+        samples_per_epoch=config.samples_per_epoch,
+        stain_jitter=config.stain_jitter,
+        seed=config.seed,
+    )
+    workers = default_num_workers() if config.num_workers is None else config.num_workers
+    loader = make_loader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        seed=config.seed,
+        drop_last=len(dataset) > config.batch_size,
+    )
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * config.epochs
+    weights_t = torch.as_tensor(class_weights, device=device)
+    use_amp = config.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and workers > 0:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, min(threads, cpus - workers)))
+
+    card_training = {
+        "config": config.to_dict(),
+        "train_dir": config.train_dir,
+        "val_dir": config.val_dir,
+        "train_images": len(train_samples),
+        "val_images": len(val_samples),
+        "val_names": [s.name for s in val_samples] if config.val_dir is None else None,
+        "pixels_per_class": counts,
+        "class_weights": [float(w) for w in class_weights],
+        "init": init_report,
+        "select_metric": config.select_metric,
+    }
+
+    def save_model(stem: str, epoch: int, metrics: dict, score: float) -> str:
+        training = {
+            **card_training,
+            "epoch": epoch,
+            "epochs": config.epochs,
+            "global_step": global_step,
+            "score": _finite(score),
+        }
+        card = card_for(
+            model, mpp=config.model_mpp, training=training, metrics=_finite(metrics), name=f"{run_dir.name}/{stem}"
+        )
+        return str(save_checkpoint(run_dir / stem, model, card))
+
+    yield TrainStart(
+        run_dir=str(run_dir),
+        device=str(device),
+        train_images=len(train_samples),
+        val_images=len(val_samples),
+        class_weights=[float(w) for w in class_weights],
+        pixels_per_class=list(counts),
+        parameters=count_parameters(model),
+        steps_per_epoch=steps_per_epoch,
+        start_epoch=start_epoch,
+        epochs=config.epochs,
+        init_report=init_report,
+    )
+
+    cancelled = stopped_early = False
+    epochs_done = start_epoch - 1
+    last_path = str(run_dir / f"{LAST}.safetensors") if epochs_done else None
+    best_path = str(run_dir / f"{BEST}.safetensors") if best_epoch else None
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            dataset.set_epoch(epoch)
+            model.train()
+            t_epoch = time.perf_counter()
+            loss_sum, seen = 0.0, 0
+            lr = optimizer.param_groups[0]["lr"]
+            for step, (images, labels) in enumerate(loader, start=1):
+                if should_stop is not None and should_stop():
+                    cancelled = True
+                    break
+                if plateau is None or global_step < config.warmup:
+                    lr = config.lr * _lr_factor(config, global_step, total_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                lr = optimizer.param_groups[0]["lr"]
+                images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                labels = labels.to(device, non_blocking=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
+                    logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels, weight=weights_t)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                global_step += 1
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"training loss became {value} at epoch {epoch}, step {step}; try a lower learning rate "
+                        f"(--lr, now {config.lr})"
+                    )
+                loss_sum += value * len(images)
+                seen += len(images)
+                elapsed = time.perf_counter() - t_epoch
+                yield StepEvent(
+                    epoch, step, steps_per_epoch, global_step, value, lr, seen / elapsed if elapsed > 0 else 0.0
+                )
+                if config.max_steps is not None and global_step >= config.max_steps:
+                    stopped_early = True
+                    break
+            if cancelled:
+                break
+            train_loss = loss_sum / max(seen, 1)
+            val: dict = {}
+            score = float("nan")
+            t_val = time.perf_counter()
+            if epoch % config.val_every == 0 or epoch == config.epochs or stopped_early:
+                val = validate_model(model, val_samples, device, config, class_weights)
+                score = selection_score(val, config.select_metric)
+                if plateau is not None and math.isfinite(score) and global_step >= config.warmup:
+                    plateau.step(score)
+            validation_seconds = time.perf_counter() - t_val
+            is_best = bool(val) and (best_epoch == 0 or (math.isfinite(score) and score > best_score))
+            if is_best:
+                best_score = score if math.isfinite(score) else float("-inf")
+                best_epoch, best_metrics = epoch, val
+            seconds = time.perf_counter() - t_epoch
+            history.append({"epoch": epoch, "train_loss": train_loss, "score": _finite(score)})
+            with _hold_interrupts():
+                rows = read_metrics_csv(run_dir)
+                rows.append(_csv_row(epoch, global_step, train_loss, lr, seconds, val, is_best, score))
+                _write_csv(run_dir / "metrics.csv", rows)
+                if is_best:
+                    best_path = save_model(BEST, epoch, val, score)
+                last_path = save_model(LAST, epoch, val, score)
+                _save_state(
+                    state_path,
+                    model,
+                    optimizer,
+                    {
+                        "epoch": epoch,
+                        "global_step": global_step,
+                        "best_score": best_score if math.isfinite(best_score) else None,
+                        "best_epoch": best_epoch,
+                        "best_metrics": _finite(best_metrics),
+                        "model_config": model.config.to_dict(),
+                        "plateau": plateau.state_dict() if plateau is not None else None,
+                        "init_report": init_report,
+                        "history": history,
+                    },
+                )
+            epochs_done = epoch
+            yield EpochEvent(
+                epoch=epoch,
+                epochs=config.epochs,
+                train_loss=train_loss,
+                val=val,
+                score=score,
+                best_score=best_score,
+                best_epoch=best_epoch,
+                is_best=is_best,
+                seconds=seconds,
+                validation_seconds=validation_seconds,
+                lr=lr,
+                best_checkpoint=best_path,
+                last_checkpoint=last_path,
+            )
+            if stopped_early:
+                break
+    finally:
+        torch.set_num_threads(threads)
+    result = TrainResult(
+        run_dir=str(run_dir),
+        best_checkpoint=best_path,
+        last_checkpoint=last_path,
+        best_metrics=best_metrics,
+        best_epoch=best_epoch,
+        best_score=best_score,
+        epochs_done=epochs_done,
+        cancelled=cancelled,
+        stopped_early=stopped_early,
+        history=history,
+    )
+    yield result
+    return result
+
+
+def validate_model(
+    model: torch.nn.Module, samples: list, device: torch.device, config: TrainConfig, class_weights: np.ndarray
+) -> dict:
+    """Validation metrics of ``model`` on whole images (``evaluate.evaluate_model``); leaves the model in eval."""
+    result = None
+    for event in evaluate_model(
+        model,
+        samples,
+        device=device,
+        batch_size=max(1, config.batch_size),
+        opening_radius=config.opening_radius,
+        amp=config.amp,
+        class_weights=class_weights,
+    ):
+        result = event
+    assert isinstance(result, EvalResult)
+    return result.metrics
+
+
+def _finite(value):
+    """JSON-safe copy: NaN and infinities become None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run_training(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    on_event: Callable[[TrainStart | StepEvent | EpochEvent | TrainResult], None] | None = None,
+) -> TrainResult:
+    """Drive :func:`train` synchronously (CLI, tests). Returns the :class:`TrainResult`.
+
+    In the main thread, the first Ctrl-C asks the loop to stop before its next step (the result then has
+    ``cancelled=True``); a second Ctrl-C raises ``KeyboardInterrupt`` at once. Either way the generator is
+    closed and the checkpoints of the finished epochs stay intact.
+    """
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+
+        def request_stop(signum, frame):
+            if stop.is_set():
+                raise KeyboardInterrupt
+            stop.set()
+            log.warning("stopping after the current step (Ctrl-C again to abort now)")
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+    generator = train(config, resume=resume, should_stop=stop.is_set)
+    result = None
+    try:
+        for event in generator:
+            if on_event is not None:
+                on_event(event)
+            result = event
+    finally:
+        generator.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    assert isinstance(result, TrainResult)
+    return result
