@@ -1,23 +1,87 @@
-"""Post-processing of class-label maps: cell instances from the boundary class."""
+"""Post-processing of class-label maps: cell instances from the boundary class, touching cells split."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import expand_labels
+from skimage.morphology import local_maxima, reconstruction
+from skimage.segmentation import watershed
 
 from .classes import BOUNDARY, NON_TUMOR, TUMOR
 
 # 4-connectivity: two cells touching only at a corner through a gap in the boundary stay separate.
 _CONNECTIVITY_1 = ndi.generate_binary_structure(2, 1)
+_CONNECTIVITY_2 = ndi.generate_binary_structure(2, 2)
+#: A region needs an inscribed radius of at least this (chessboard px) at two places to be a splitting candidate.
+_MIN_SEED_RADIUS = 2
 
 
-def cells_from_labels(labels: np.ndarray, *, min_area: int = 4, expand: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+def split_touching(instances: np.ndarray, *, depth: float = 1.0, ratio: float = 0.5) -> int:
+    """Split instances that are two or more cells joined by a neck, in place; return the new instance count.
+
+    Seeds are the h-maxima of each region's Euclidean distance to its edge, with h the larger of ``depth`` px and
+    ``ratio`` times the region's largest inscribed radius: two cell interiors joined through a gap in their
+    boundary rings (a neck at most half as wide as the cells, by default) split along the neck by a watershed,
+    while a single elongated or slightly irregular cell stays whole. (On the CoNSeP validation ground truth, an
+    absolute h of 1-2 px alone over-split irregular nuclei: detection F1 against the instance maps fell from
+    0.969 to 0.955-0.965; with ``ratio=0.5`` it is 0.966.) The watershed runs only on regions with more than one
+    candidate peak, each on its own crop, so the result of a region does not depend on where it sits in the
+    array (needed for blockwise extraction to agree across blocks).
+    """
+    count = int(instances.max()) if instances.size else 0
+    if count == 0:
+        return 0
+    mask = instances > 0
+    # Cheap candidate test on the whole array: more than one plateau of local maxima of the chessboard distance.
+    dist = ndi.distance_transform_cdt(mask, metric="chessboard")
+    peaks = (dist >= _MIN_SEED_RADIUS) & (dist == ndi.maximum_filter(dist, size=3))
+    groups, n_groups = ndi.label(peaks, structure=_CONNECTIVITY_2)
+    if n_groups < 2:
+        return count
+    owner = np.zeros(n_groups + 1, dtype=np.int64)
+    owner[groups[peaks]] = instances[peaks]
+    per_region = np.bincount(owner[1:], minlength=count + 1)
+    candidates = np.flatnonzero(per_region >= 2)
+    if candidates.size == 0:
+        return count
+    boxes = ndi.find_objects(instances)
+    next_id = count + 1
+    for region in candidates:
+        box = boxes[region - 1]
+        y0, x0 = max(0, box[0].start - 1), max(0, box[1].start - 1)
+        y1, x1 = min(instances.shape[0], box[0].stop + 1), min(instances.shape[1], box[1].stop + 1)
+        crop = instances[y0:y1, x0:x1]
+        inside = crop == region
+        edt = ndi.distance_transform_edt(inside)
+        # Regional maxima of the distance lowered by ``depth`` (h-maxima), plateaus counted once.
+        raised = reconstruction(edt - max(depth, ratio * edt.max()), edt, method="dilation")
+        markers, n_markers = ndi.label(local_maxima(raised, connectivity=2) & inside, structure=_CONNECTIVITY_2)
+        if n_markers < 2:
+            continue
+        parts = watershed(-edt, markers, mask=inside, connectivity=1)
+        new_ids = np.concatenate(([0, region], np.arange(next_id, next_id + n_markers - 1)))
+        crop[inside] = new_ids[parts[inside]]
+        next_id += n_markers - 1
+    return next_id - 1
+
+
+def cells_from_labels(
+    labels: np.ndarray,
+    *,
+    min_area: int = 4,
+    expand: float = 3.0,
+    split: bool = True,
+    split_depth: float = 1.0,
+    split_ratio: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
     """Cell instances from a class-label map.
 
     A cell is a 4-connected region of tumor or non-tumor pixels; the boundary class (and background) separates
-    cells. Regions smaller than ``min_area`` pixels (counted before the step below) are dropped. Each cell's
-    class is the majority of its tumor / non-tumor pixels (a tie goes to tumor).
+    cells. With ``split``, a region that is several cells joined through a gap in their boundary rings is split
+    by a watershed seeded from the cell interiors (see :func:`split_touching`; the parameters are its ``depth`` and
+    ``ratio``). Regions smaller than
+    ``min_area`` pixels (counted before the step below) are dropped. Each cell's class is the majority of its
+    tumor / non-tumor pixels (a tie goes to tumor).
 
     Then each cell takes the boundary-class pixels within ``expand`` pixels (Euclidean) of it, the nearest
     cell winning, so a cell's area includes its boundary ring: the boundary class is drawn as the 2-px inner
@@ -30,23 +94,41 @@ def cells_from_labels(labels: np.ndarray, *, min_area: int = 4, expand: float = 
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be a 2-D class map, got shape {labels.shape}")
-    cell = (labels == TUMOR) | (labels == NON_TUMOR)
+    tumor_px = labels == TUMOR
+    cell = tumor_px | (labels == NON_TUMOR)
     instances, count = ndi.label(cell, structure=_CONNECTIVITY_1)
     instances = instances.astype(np.int32, copy=False)
     if count == 0:
         return instances, np.zeros(1, dtype=np.uint8)
+    if split:
+        count = split_touching(instances, depth=split_depth, ratio=split_ratio)
     flat = instances.ravel()
     area = np.bincount(flat, minlength=count + 1)
-    tumor = np.bincount(flat, weights=(labels == TUMOR).ravel(), minlength=count + 1)
+    tumor = np.bincount(flat, weights=tumor_px.ravel(), minlength=count + 1)
     keep = area >= min_area
     keep[0] = False
     # Renumber the kept cells 1..N (0 stays background).
+    n_kept = int(keep.sum())
     new_id = np.zeros(count + 1, dtype=np.int32)
-    new_id[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    new_id[keep] = np.arange(1, n_kept + 1, dtype=np.int32)
     instances = new_id[instances]
-    classes = np.zeros(int(keep.sum()) + 1, dtype=np.uint8)
+    classes = np.zeros(n_kept + 1, dtype=np.uint8)
     classes[1:] = np.where(tumor[keep] * 2 >= area[keep], TUMOR, NON_TUMOR)
-    if expand > 0 and classes.size > 1:
-        grown = expand_labels(instances, distance=expand)
-        instances = np.where((labels == BOUNDARY) & (instances == 0), grown, instances)
-    return instances.astype(np.int32, copy=False), classes
+    if expand > 0 and n_kept:
+        _expand_into_boundary(instances, labels == BOUNDARY, expand)
+    return instances, classes
+
+
+def _expand_into_boundary(instances: np.ndarray, boundary: np.ndarray, distance: float) -> None:
+    """Give boundary pixels within ``distance`` of a cell to the nearest cell, in place.
+
+    The same result as ``skimage.segmentation.expand_labels`` restricted to boundary pixels, computed only there.
+    """
+    ring = boundary & (instances == 0)
+    if not ring.any():
+        return
+    nearest = ndi.distance_transform_edt(instances == 0, return_distances=False, return_indices=True)
+    ry, rx = np.nonzero(ring)
+    ny, nx = nearest[0][ry, rx], nearest[1][ry, rx]
+    close = np.hypot(ry - ny, rx - nx) <= distance
+    instances[ry[close], rx[close]] = instances[ny[close], nx[close]]
