@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -157,6 +159,26 @@ def time_open(label: str, open_once, repeats: int) -> dict:
     return report | {"_result": result}
 
 
+_FRESH = """
+import sys, time
+t0 = time.perf_counter()
+{imports}
+t1 = time.perf_counter()
+result = {call}
+t2 = time.perf_counter()
+print(f"{{t1 - t0:.4f}} {{t2 - t1:.4f}}")
+"""
+
+
+def fresh_process(label: str, imports: str, call: str, path: Path) -> dict:
+    """Time import and first open in a new Python process (no warm-up from earlier opens)."""
+    code = _FRESH.format(imports=imports, call=call.format(path=str(path)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    import_s, open_s = (float(v) for v in out.split())
+    print(f"{label:<28} new process: import {import_s * 1000:7.1f} ms, first open {open_s * 1000:7.1f} ms")
+    return {"what": label, "fresh_import_s": import_s, "fresh_first_open_s": open_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=50_000, help="level-0 side in pixels")
@@ -188,6 +210,35 @@ def main() -> None:
         reports.append(time_open("napari reader", lambda: get_reader(str(path))(str(path)), args.repeats))
         reports[-1].pop("_result")
 
+    try:  # the whole napari path, without Qt: npe2 dispatch, layer creation, first slice of the view
+        from napari.components import ViewerModel
+        from napari.plugins import _initialize_plugins
+
+        _initialize_plugins()
+        viewer = ViewerModel()
+
+        def open_in_viewer():
+            viewer.layers.clear()
+            return viewer.open(str(path), plugin="napari-histoseg")
+
+        reports.append(time_open("napari ViewerModel.open", open_in_viewer, args.repeats))
+        layer = reports[-1].pop("_result")[0]
+        print(f"  layer: multiscale {layer.multiscale}, scale {tuple(layer.scale)}, shown level {layer.data_level}")
+    except ImportError as exc:
+        print(f"napari ViewerModel skipped: {exc}")
+
+    fresh = [
+        fresh_process(
+            "core open_slide", "from napari_histoseg.io.slide import open_slide", "open_slide({path!r})", path
+        ),
+        fresh_process(
+            "napari reader",
+            "from napari_histoseg._napari.reader import get_reader",
+            "get_reader({path!r})({path!r})",
+            path,
+        ),
+    ]
+
     from napari_histoseg.io.tissue import tissue_mask
 
     start = time.perf_counter()
@@ -197,9 +248,12 @@ def main() -> None:
         f"tissue {mask.mean():.0%}"
     )
 
-    ok = all(r["first_s"] < 0.5 and r["level0_tiles_read"] == 0 for r in reports)
-    print(f"target (< 0.5 s, no level-0 pixels read): {'MET' if ok else 'NOT MET'}")
-    print(json.dumps({"file": str(path), "file_size": path.stat().st_size, "results": reports}))
+    core_and_reader = [r for r in reports if r["what"] in ("core open_slide", "napari reader")]
+    ok = all(r["first_s"] < 0.5 for r in core_and_reader)
+    ok = ok and all(r["level0_tiles_read"] == 0 for r in reports)
+    ok = ok and all(r["fresh_first_open_s"] < 0.5 for r in fresh)
+    print(f"target (core and reader < 0.5 s, no level-0 pixels read anywhere): {'MET' if ok else 'NOT MET'}")
+    print(json.dumps({"file": str(path), "file_size": path.stat().st_size, "results": reports, "fresh_process": fresh}))
 
 
 if __name__ == "__main__":
