@@ -20,12 +20,16 @@ def blob_image(size: int = 64, seed: int = 0, n: int = 6) -> tuple[np.ndarray, n
     rng = np.random.default_rng(seed)
     labels = np.zeros((size, size), np.uint8)
     inst = np.zeros((size, size), np.uint16)
-    for i in range(1, n + 1):
+    i = 0
+    for _ in range(20 * n):  # place up to n separate nuclei (2 px apart at least)
+        if i == n:
+            break
         r = int(rng.integers(5, 8))
         cy, cx = rng.integers(r + 1, size - r - 1, size=2)
+        if inst[disk((cy, cx), r + 2, shape=labels.shape)].any():
+            continue
+        i += 1
         rr, cc = disk((cy, cx), r, shape=labels.shape)
-        free = inst[rr, cc] == 0
-        rr, cc = rr[free], cc[free]
         inst[rr, cc] = i
         labels[rr, cc] = 1 if i % 2 else 2
     edge = find_boundaries(inst, mode="inner") & (inst > 0)

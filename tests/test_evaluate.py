@@ -1,0 +1,125 @@
+"""Evaluation of a model or checkpoint on folder pairs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from _trainsets import _COLOURS, blob_image, write_set
+from napari_histoseg.model.checkpoint import CheckpointError, card_for, save_checkpoint
+from napari_histoseg.model.resunetpp import ModelConfig, build_model
+from napari_histoseg.training.data import Sample, find_pairs, load_pairs
+from napari_histoseg.training.evaluate import (
+    EvalProgress,
+    EvalResult,
+    evaluate_model,
+    format_metrics,
+    run_evaluation,
+)
+
+torch.set_num_threads(1)
+
+
+class ColourOracle(nn.Module):
+    """Classifies each pixel by its nearest synthetic class colour: near-perfect on ``_trainsets`` images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = ModelConfig.scaled(0.25)
+        self.register_buffer("colours", torch.tensor(_COLOURS / 255.0, dtype=torch.float32))
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(x.shape))
+        return -((x[:, None] - self.colours[None, :, :, None, None]) ** 2).sum(dim=2) * 100
+
+
+def samples(sizes: list[int]) -> list[Sample]:
+    out = []
+    for i, size in enumerate(sizes):
+        image, labels, inst = blob_image(size, seed=i)
+        out.append(Sample(f"s{i}", image, labels, inst.astype(np.int32)))
+    return out
+
+
+def run(generator):
+    events = list(generator)
+    assert isinstance(events[-1], EvalResult)
+    assert all(isinstance(e, EvalProgress) for e in events[:-1])
+    return events
+
+
+def test_oracle_scores_near_perfect_and_batches_by_size():
+    oracle = ColourOracle()
+    data = samples([64, 64, 64, 96])
+    events = run(evaluate_model(oracle, data, device="cpu", batch_size=2, class_weights=[1, 10, 10, 10]))
+    result = events[-1]
+    m = result.metrics
+    assert result.images == 4 and events[-2].images_done == 4
+    assert sorted(oracle.calls) == [(1, 3, 64, 64), (1, 3, 96, 96), (2, 3, 64, 64)]
+    assert min(m["dice"]) > 0.95
+    assert m["detection_f1"] == 1.0 and m["type_f1_tumor"] == 1.0
+    assert m["n_true_cells"] == m["n_pred_cells"] > 0
+    assert m["val_loss"] < 0.05
+
+
+def test_large_images_are_windowed_and_match_whole_image_scores():
+    data = samples([96, 104])
+    whole = run(evaluate_model(ColourOracle(), data, device="cpu"))[-1].metrics
+    oracle = ColourOracle()
+    windowed = run(evaluate_model(oracle, data, device="cpu", whole_max=64))[-1].metrics
+    assert all(shape[2:] == (256, 256) for shape in oracle.calls)  # windows, not whole images
+    assert windowed["dice"] == pytest.approx(whole["dice"], abs=1e-3)
+    assert windowed["detection_f1"] == whole["detection_f1"]
+
+
+def test_an_untrained_checkpoint_on_folder_pairs(tmp_path):
+    data_dir = write_set(tmp_path / "data", n=3, size=64)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.scaled(0.25))
+    ckpt = save_checkpoint(tmp_path / "m", model, card_for(model, mpp=0.25))
+    seen = []
+    result = run_evaluation(data_dir, ckpt, device="cpu", on_event=seen.append)
+    assert result.images == 3 and seen[-1] is result
+    assert result.model_mpp == 0.25 and result.checkpoint == str(ckpt)
+    assert len(result.metrics["dice"]) == 4
+    decoded = json.loads(result.to_json())  # strict JSON: NaN becomes null
+    for value in decoded["metrics"].values():
+        assert not (isinstance(value, float) and math.isnan(value))
+    assert "Dice tumor cell" in format_metrics(result.metrics)
+
+
+def test_opening_removes_specks_before_scoring():
+    data = samples([64])
+    noisy = data[0].image.copy()
+    noisy[2:4, 2:4] = _COLOURS[1]  # a 2x2 "tumor" speck in the background
+    data = [Sample("noisy", noisy, data[0].labels, data[0].inst)]
+    opened = run(evaluate_model(ColourOracle(), data, device="cpu", opening_radius=2))[-1].metrics
+    raw = run(evaluate_model(ColourOracle(), data, device="cpu", opening_radius=0))[-1].metrics
+    assert opened["dice"][1] > raw["dice"][1]
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="at least one image"):
+        list(evaluate_model(ColourOracle(), [], device="cpu"))
+    with pytest.raises(ValueError, match="batch_size"):
+        list(evaluate_model(ColourOracle(), samples([64]), device="cpu", batch_size=0))
+
+
+def test_a_missing_checkpoint_is_named(tmp_path):
+    data_dir = write_set(tmp_path / "data", n=1, size=32)
+    with pytest.raises(CheckpointError, match="nope"):
+        run_evaluation(data_dir, tmp_path / "nope.safetensors", device="cpu")
+
+
+def test_folder_pairs_round_trip(tmp_path):
+    data_dir = write_set(tmp_path / "data", n=2, size=48)
+    loaded, _ = load_pairs(find_pairs(data_dir))
+    result = run(evaluate_model(ColourOracle(), loaded, device="cpu"))[-1]
+    assert Path(data_dir).is_dir() and result.metrics["detection_f1"] == 1.0
