@@ -102,7 +102,7 @@ class InferenceResult:
 
 
 @dataclass
-class _BlockWork:
+class BlockWork:
     block: Block  # in compute coordinates
     need: tuple[int, int, int, int]  # output px: core grown by the opening halo, clipped to the image
     core: tuple[int, int, int, int]  # output px
@@ -118,7 +118,7 @@ def _margin(factor: float) -> int:
     return 1 if factor > 1 else 0
 
 
-class _Geometry:
+class BlockGeometry:
     """Maps blocks between the output grid and the compute grid the model sees."""
 
     def __init__(self, shape: tuple[int, int], settings: InferenceSettings, factor: float):
@@ -133,7 +133,7 @@ class _Geometry:
         self.halo = settings.opening_radius * 2
         self.n_blocks = block_grid(shape, settings.block)
 
-    def work(self, index: tuple[int, int]) -> _BlockWork:
+    def work(self, index: tuple[int, int]) -> BlockWork:
         f = self.factor
         by, bx = index
         h, w = self.shape
@@ -150,9 +150,9 @@ class _Geometry:
             min(w, core[3] + self.halo),
         )
         cblock = make_block(index, self.cshape, self.cblock, self.grid, halo=int(math.ceil(self.halo * f)))
-        return _BlockWork(block=cblock, need=need, core=core, index=index)
+        return BlockWork(block=cblock, need=need, core=core, index=index)
 
-    def output_region(self, work: _BlockWork) -> tuple[int, int, int, int]:
+    def output_region(self, work: BlockWork) -> tuple[int, int, int, int]:
         """Output-grid box whose resampling covers the block's compute read region."""
         ry0, rx0, ry1, rx1 = work.block.read
         m = _margin(self.factor)
@@ -165,7 +165,7 @@ class _Geometry:
         )
 
 
-def _plan_windows(work: _BlockWork, geometry: _Geometry, tissue: TissueTest | None) -> None:
+def plan_windows(work: BlockWork, geometry: BlockGeometry, tissue: TissueTest | None) -> None:
     """Split the block's windows into those to run and those that lie on background."""
     f, t = geometry.factor, geometry.grid.tile
     ry0, rx0 = work.block.read[:2]
@@ -179,11 +179,11 @@ def _plan_windows(work: _BlockWork, geometry: _Geometry, tissue: TissueTest | No
             (work.window_starts if has else work.background_starts).append((int(wy), int(wx)))
 
 
-def _read(work: _BlockWork, image, geometry: _Geometry, tissue: TissueTest | None) -> _BlockWork:
+def read_block(work: BlockWork, image, geometry: BlockGeometry, tissue: TissueTest | None) -> BlockWork:
     """Read the pixels a block needs (runs in a reader thread)."""
     if tissue is not None and not tissue(*work.need):
         return work  # nothing to compute: the whole block is background
-    _plan_windows(work, geometry, tissue)
+    plan_windows(work, geometry, tissue)
     if work.window_starts:
         oy0, ox0, oy1, ox1 = geometry.output_region(work)
         work.region = read_padded(image, oy0, ox0, oy1, ox1)
@@ -191,8 +191,8 @@ def _read(work: _BlockWork, image, geometry: _Geometry, tissue: TissueTest | Non
     return work
 
 
-def _segment_block(
-    work: _BlockWork, predictor: BlockPredictor, geometry: _Geometry, settings: InferenceSettings
+def segment_block(
+    work: BlockWork, predictor: BlockPredictor, geometry: BlockGeometry, settings: InferenceSettings
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Labels (and optionally probabilities) of the block's core; ``None`` when the block is all background."""
     if work.region is None:
@@ -218,6 +218,70 @@ def _segment_block(
     return labels[crop], probs
 
 
+def core_counts(work: BlockWork, labels: np.ndarray | None) -> np.ndarray:
+    """Pixels per class in a block's core (``labels=None``: all background)."""
+    if labels is None:
+        return np.array([(work.core[2] - work.core[0]) * (work.core[3] - work.core[1]), 0, 0, 0])
+    return np.bincount(labels.ravel(), minlength=4)[:4]
+
+
+class RunTally:
+    """Counts of a run in progress: turns finished blocks into progress events and the final result."""
+
+    def __init__(self, todo: list[tuple[int, int]], done: dict[tuple[int, int], list[int]]):
+        self.todo = todo
+        self.counts = np.zeros(4, dtype=np.int64)
+        for index in todo:
+            if index in done:
+                self.counts += np.asarray(done[index])
+        self.pending = [index for index in todo if index not in done]
+        self.resumed = self.finished = len(todo) - len(self.pending)
+        self.windows = self.skipped = 0
+        self.compute_s = 0.0
+        self.t0 = time.perf_counter()
+
+    def add(self, counts: np.ndarray, windows: int, skipped: bool) -> InferenceProgress:
+        """Record one finished block; return the progress event to yield."""
+        self.counts += counts
+        self.windows += windows
+        self.skipped += skipped
+        self.finished += 1
+        elapsed = time.perf_counter() - self.t0
+        ran = self.finished - self.resumed
+        return InferenceProgress(
+            blocks_done=self.finished,
+            blocks_total=len(self.todo),
+            windows_done=self.windows,
+            windows_per_second=self.windows / elapsed if elapsed > 0 else 0.0,
+            elapsed_seconds=elapsed,
+            eta_seconds=elapsed / ran * (len(self.todo) - self.finished) if ran else None,
+            blocks_skipped=self.skipped,
+            blocks_resumed=self.resumed,
+        )
+
+    def result(self, plan: ResolutionPlan, shape: tuple[int, int]) -> InferenceResult:
+        elapsed = time.perf_counter() - self.t0
+        return InferenceResult(
+            class_counts=self.counts.tolist(),
+            plan=plan,
+            shape=shape,
+            windows=self.windows,
+            blocks_total=len(self.todo),
+            blocks_skipped=self.skipped,
+            blocks_resumed=self.resumed,
+            timings={
+                "total_s": elapsed,
+                "compute_s": self.compute_s,
+                "windows_per_second": self.windows / elapsed if elapsed > 0 else 0.0,
+            },
+        )
+
+
+def all_blocks(geometry: BlockGeometry) -> list[tuple[int, int]]:
+    ny, nx = geometry.n_blocks
+    return [(by, bx) for by in range(ny) for bx in range(nx)]
+
+
 def segment(
     image,
     predictor: BlockPredictor,
@@ -234,68 +298,34 @@ def segment(
     Closing the generator (Cancel) stops after the block in hand; finished blocks stay recorded in the sink.
     ``blocks`` restricts the run to some block indices (a region of interest).
     """
-    shape = tuple(int(s) for s in image.shape[:2])
-    geometry = _Geometry(shape, settings, plan.factor)
-    ny, nx = geometry.n_blocks
-    todo = blocks if blocks is not None else [(by, bx) for by in range(ny) for bx in range(nx)]
-    done = sink.done_blocks()
-    counts = np.zeros(4, dtype=np.int64)
-    for index in todo:
-        if index in done:
-            counts += np.asarray(done[index])
-    pending = [index for index in todo if index not in done]
-    resumed = len(todo) - len(pending)
-
-    t0 = time.perf_counter()
-    compute_s = 0.0
-    windows = 0
-    skipped = 0
-    finished = resumed
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    geometry = BlockGeometry(shape, settings, plan.factor)
+    tally = RunTally(blocks if blocks is not None else all_blocks(geometry), sink.done_blocks())
 
     reader = ThreadPoolExecutor(max_workers=max(1, settings.prefetch), thread_name_prefix="histoseg-read")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoseg-write")
     reads: list[Future] = []
     write: Future | None = None
-    queue: Iterator[tuple[int, int]] = iter(pending)
+    queue: Iterator[tuple[int, int]] = iter(tally.pending)
 
     def submit_next() -> None:
         index = next(queue, None)
         if index is not None:
-            reads.append(reader.submit(_read, geometry.work(index), image, geometry, tissue))
+            reads.append(reader.submit(read_block, geometry.work(index), image, geometry, tissue))
 
     try:
         for _ in range(max(1, settings.prefetch)):
             submit_next()
         while reads:
-            work: _BlockWork = reads.pop(0).result()
+            work: BlockWork = reads.pop(0).result()
             submit_next()
             tc = time.perf_counter()
-            labels, probs = _segment_block(work, predictor, geometry, settings)
-            compute_s += time.perf_counter() - tc
-            windows += len(work.window_starts)
-            skipped += labels is None
-            counts += (
-                np.bincount(labels.ravel(), minlength=4)[:4]
-                if labels is not None
-                else np.array([(work.core[2] - work.core[0]) * (work.core[3] - work.core[1]), 0, 0, 0])
-            )
+            labels, probs = segment_block(work, predictor, geometry, settings)
+            tally.compute_s += time.perf_counter() - tc
             if write is not None:
                 write.result()  # at most one block being written
             write = writer.submit(sink.write_block, work.index, work.core, labels, probs)
-            finished += 1
-            elapsed = time.perf_counter() - t0
-            ran = finished - resumed
-            eta = elapsed / ran * (len(todo) - finished) if ran else None
-            yield InferenceProgress(
-                blocks_done=finished,
-                blocks_total=len(todo),
-                windows_done=windows,
-                windows_per_second=windows / elapsed if elapsed > 0 else 0.0,
-                elapsed_seconds=elapsed,
-                eta_seconds=eta,
-                blocks_skipped=skipped,
-                blocks_resumed=resumed,
-            )
+            yield tally.add(core_counts(work, labels), len(work.window_starts), labels is None)
         if write is not None:
             write.result()
     finally:
@@ -304,21 +334,7 @@ def segment(
         reader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True)  # a block being written is finished, so the store stays valid
 
-    elapsed = time.perf_counter() - t0
-    result = InferenceResult(
-        class_counts=counts.tolist(),
-        plan=plan,
-        shape=shape,
-        windows=windows,
-        blocks_total=len(todo),
-        blocks_skipped=skipped,
-        blocks_resumed=resumed,
-        timings={
-            "total_s": elapsed,
-            "compute_s": compute_s,
-            "windows_per_second": windows / elapsed if elapsed > 0 else 0.0,
-        },
-    )
+    result = tally.result(plan, shape)
     if isinstance(sink, ArraySink):
         result.labels = sink.labels
         result.probabilities = sink.probabilities

@@ -11,6 +11,7 @@ import math
 import os
 import warnings
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..model.checkpoint import ModelCard, load_checkpoint
 from .device import prepare_model, select_device
 from .infer import InferenceProgress, InferenceResult, InferenceSettings, TissueTest, segment
 from .predictor import BlockPredictor
-from .resolution import plan_resolution
+from .resolution import ResolutionPlan, plan_resolution
 
 log = logging.getLogger(__name__)
 
@@ -102,37 +103,45 @@ def segment_image(
     return segment(image[..., :3], predictor, sink, settings, plan)
 
 
-def segment_slide(
+@dataclass
+class SlideJob:
+    """Everything a slide run needs, decided before any block runs (shared by local and distributed runs)."""
+
+    plan: ResolutionPlan
+    shape: tuple[int, int]  # of the level segmented
+    downsample: float  # level-0 pixels per output pixel
+    store: LabelStore
+    tissue: tuple[np.ndarray, float] | None  # (mask, level-0 px per mask px)
+    blocks: list[tuple[int, int]] | None  # None: the whole slide
+
+    def tissue_test(self) -> TissueTest | None:
+        return None if self.tissue is None else tissue_test(*self.tissue, self.downsample)
+
+
+def prepare_slide_job(
     slide,
-    model: torch.nn.Module,
     card: ModelCard,
     out: str | os.PathLike,
     settings: InferenceSettings,
     *,
+    divisor: int = 8,
     level: int | None = None,
     input_mpp: float | None = None,
     region: tuple[int, int, int, int] | None = None,
     overwrite: bool = False,
-) -> Job:
-    """Segment a :class:`~napari_histoseg.io.slide.Slide` into a zarr label store at ``out``.
-
-    The level is chosen to match the model's resolution (``level``/``input_mpp`` override); background blocks
-    are skipped with the tissue mask when ``settings.skip_background``; ``region`` (level-0 y0, x0, y1, x1)
-    restricts the run to the blocks it touches. A rerun with the same settings resumes.
-    """
+) -> SlideJob:
+    """Choose the level, compute the tissue mask and create (or reopen to resume) the output store."""
     from ..io.tissue import tissue_mask
 
     plan = plan_resolution(slide.mpp, card.mpp, level=level, input_mpp=input_mpp)
     if plan.warning:
-        warnings.warn(f"{slide.path.name}: {plan.warning}", stacklevel=2)
+        warnings.warn(f"{slide.path.name}: {plan.warning}", stacklevel=3)
     image = slide.levels[plan.level]
     shape = (int(image.shape[0]), int(image.shape[1]))
-    _check_model_fits(slide.path.name, shape, settings, model)
+    if settings.tile % divisor:
+        raise SegmentationError(f"tile {settings.tile} must be a multiple of {divisor} for this model")
     downsample = slide.downsample(plan.level)
-    tissue = None
-    if settings.skip_background:
-        mask, mask_downsample = tissue_mask(slide)
-        tissue = tissue_test(mask, mask_downsample, downsample)
+    tissue = tissue_mask(slide) if settings.skip_background else None
     result_settings = {
         **settings.result_settings(),
         "level": plan.level,
@@ -158,13 +167,46 @@ def segment_slide(
             "model": {"name": card.name, "sha256": card.sha256, "mpp": card.mpp},
         },
     )
-    blocks = None
-    if region is not None:
-        blocks = _blocks_in_region(region, downsample, shape, settings.block)
+    blocks = None if region is None else _blocks_in_region(region, downsample, shape, settings.block)
+    return SlideJob(plan, shape, downsample, store, tissue, blocks)
+
+
+def segment_slide(
+    slide,
+    model: torch.nn.Module,
+    card: ModelCard,
+    out: str | os.PathLike,
+    settings: InferenceSettings,
+    *,
+    level: int | None = None,
+    input_mpp: float | None = None,
+    region: tuple[int, int, int, int] | None = None,
+    overwrite: bool = False,
+) -> Job:
+    """Segment a :class:`~napari_histoseg.io.slide.Slide` into a zarr label store at ``out``.
+
+    The level is chosen to match the model's resolution (``level``/``input_mpp`` override); background blocks
+    are skipped with the tissue mask when ``settings.skip_background``; ``region`` (level-0 y0, x0, y1, x1)
+    restricts the run to the blocks it touches. A rerun with the same settings resumes.
+    """
+    job = prepare_slide_job(
+        slide,
+        card,
+        out,
+        settings,
+        divisor=model.config.divisor,
+        level=level,
+        input_mpp=input_mpp,
+        region=region,
+        overwrite=overwrite,
+    )
     predictor = make_predictor(model, settings)
-    result = yield from segment(image, predictor, store, settings, plan, tissue=tissue, blocks=blocks)
-    if blocks is None:
-        store.finalize(result.summary())
+    image = slide.levels[job.plan.level]
+    result = yield from segment(
+        image, predictor, job.store, settings, job.plan, tissue=job.tissue_test(), blocks=job.blocks
+    )
+    if job.blocks is None:
+        job.store.finalize(result.summary())
     return result
 
 
