@@ -1,0 +1,169 @@
+"""Turn segmentation results into napari Labels layers, and napari geometry (view, shapes) into image regions.
+
+A slide result is shown lazily from its zarr store: one zarr array per pyramid level, read chunk by chunk as
+napari draws (zarr arrays rather than dask, so a refresh shows blocks written since, with no stale dask cache).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from napari.utils.colormaps import DirectLabelColormap
+
+from napari_histoseg.classes import CLASS_NAMES, NUM_CLASSES, napari_colors
+from napari_histoseg.io.store import LabelStore
+
+Box = tuple[int, int, int, int]  # level-0 pixels of the image layer: y0, x0, y1, x1
+SOURCE_KEY = "histoseg_source"  # Labels metadata: name of the image layer it segments
+
+
+class RegionError(ValueError):
+    """A region to segment that does not exist or misses the image."""
+
+
+def class_colormap() -> DirectLabelColormap:
+    """Red tumor, green non-tumor, blue boundary; background transparent."""
+    return DirectLabelColormap(color_dict=napari_colors())
+
+
+def counts_dict(counts: Sequence[int]) -> dict[str, int]:
+    """Class pixel counts by class name."""
+    return {name: int(c) for name, c in zip(CLASS_NAMES, counts, strict=False)}
+
+
+def array_counts(labels: np.ndarray) -> list[int]:
+    """Pixels per class of an in-memory label array."""
+    return np.bincount(np.asarray(labels).ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES].tolist()
+
+
+def store_counts(store: LabelStore) -> list[int]:
+    """Pixels per class over the finished blocks of a store (a cancelled run counts what was done)."""
+    total = np.zeros(NUM_CLASSES, np.int64)
+    for counts in store.done_blocks().values():
+        total += np.asarray(counts[:NUM_CLASSES], np.int64)
+    return total.tolist()
+
+
+def _geometry(image: Image, downsample: float = 1.0) -> dict:
+    scale = np.asarray(image.scale[-2:], float)
+    translate = np.asarray(image.translate[-2:], float)
+    # A label pixel of a downsampled grid covers `downsample` image pixels: its centre sits half-way across them.
+    return {
+        "scale": tuple(scale * downsample),
+        "translate": tuple(translate + scale * (downsample - 1) / 2),
+        "units": tuple(image.units[-2:]),
+    }
+
+
+def store_layer_data(store: LabelStore, image: Image) -> tuple[list, dict]:
+    """Multiscale data (zarr levels) and Labels keyword arguments for a slide result shown over ``image``."""
+    downsample = float(store.info.get("downsample", 1.0))
+    kwargs = {**_geometry(image, downsample), "multiscale": len(store.levels) > 1}
+    data = list(store.levels) if len(store.levels) > 1 else store.levels[0]
+    return data, kwargs
+
+
+def find_result_layer(viewer, image: Image) -> Labels | None:
+    """The Labels layer holding an earlier result for ``image``, if any."""
+    for layer in reversed(viewer.layers):
+        if isinstance(layer, Labels) and layer.metadata.get(SOURCE_KEY) == image.name:
+            return layer
+    return None
+
+
+def show_labels(
+    viewer, image: Image, data, *, metadata: dict, replace: bool = True, multiscale: bool | None = None, **geometry
+) -> Labels:
+    """Put ``data`` in the result layer of ``image``: the existing one (``replace``) or a new one."""
+    metadata = {**metadata, SOURCE_KEY: image.name}
+    if not geometry:
+        geometry = _geometry(image)
+    layer = find_result_layer(viewer, image) if replace else None
+    if layer is not None and bool(layer.multiscale) == bool(multiscale):
+        layer.data = data
+        layer.scale, layer.translate = geometry["scale"], geometry["translate"]
+        layer.metadata = {**layer.metadata, **metadata}
+        layer.refresh()
+        return layer
+    if layer is not None:  # in-memory <-> multiscale: a layer cannot change kind, so swap it in place
+        index = viewer.layers.index(layer)
+        viewer.layers.remove(layer)
+    else:
+        index = None
+    name = f"{image.name} segmentation"
+    new = Labels(
+        data,
+        name=name,
+        colormap=class_colormap(),
+        metadata=metadata,
+        opacity=0.6,
+        multiscale=multiscale,
+        **geometry,
+    )
+    if index is None:
+        viewer.add_layer(new)
+    else:
+        viewer.layers.insert(index, new)
+    return new
+
+
+def paste_region(existing: np.ndarray | None, shape: tuple[int, int], box: Box, labels: np.ndarray) -> np.ndarray:
+    """A full-size label array with ``labels`` written at ``box`` (onto ``existing`` when it has the shape)."""
+    if existing is None or tuple(existing.shape) != tuple(shape) or not isinstance(existing, np.ndarray):
+        out = np.zeros(shape, np.uint8)
+    else:
+        out = existing
+    y0, x0, y1, x1 = box
+    out[y0:y1, x0:x1] = labels
+    return out
+
+
+# --- regions ----------------------------------------------------------------------------------------------
+
+
+def _clip(box: Sequence[float], shape: tuple[int, int], what: str) -> Box:
+    y0, x0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
+    y1, x1 = min(shape[0], math.ceil(box[2])), min(shape[1], math.ceil(box[3]))
+    if y1 <= y0 or x1 <= x0:
+        raise RegionError(f"{what} does not overlap the image ({shape[0]} x {shape[1]} px)")
+    return (y0, x0, y1, x1)
+
+
+def image_shape(image: Image) -> tuple[int, int]:
+    """Level-0 (height, width) of an RGB image layer."""
+    data = image.data[0] if image.multiscale else image.data
+    return (int(data.shape[0]), int(data.shape[1]))
+
+
+def visible_box(viewer, image: Image) -> Box:
+    """The level-0 pixel box of ``image`` that the canvas shows now (2-D view)."""
+    height, width = viewer.canvas.size
+    zoom = viewer.camera.zoom
+    cy, cx = viewer.camera.center[-2:]
+    hy, hx = height / zoom / 2, width / zoom / 2
+    corners = np.array([[cy - hy, cx - hx], [cy + hy, cx + hx]])
+    data = np.array([image.world_to_data(c) for c in corners])[:, -2:]
+    lo, hi = data.min(axis=0), data.max(axis=0)
+    return _clip((lo[0], lo[1], hi[0] + 1, hi[1] + 1), image_shape(image), "the current view")
+
+
+def shape_boxes(shapes: Shapes, image: Image) -> list[Box]:
+    """The level-0 bounding box of each shape, in ``image``'s pixels (shapes missing the image are dropped)."""
+    if len(shapes.data) == 0:
+        raise RegionError(f"Shapes layer {shapes.name!r} has no shapes; draw regions to segment")
+    shape = image_shape(image)
+    boxes = []
+    for vertices in shapes.data:
+        world = np.array([shapes.data_to_world(v) for v in np.asarray(vertices)])
+        pixels = np.array([image.world_to_data(w) for w in world])[:, -2:]
+        lo, hi = pixels.min(axis=0), pixels.max(axis=0)
+        try:
+            boxes.append(_clip((lo[0], lo[1], hi[0] + 1, hi[1] + 1), shape, "shape"))
+        except RegionError:
+            continue
+    if not boxes:
+        raise RegionError(f"no shape of {shapes.name!r} overlaps image {image.name!r}")
+    return boxes

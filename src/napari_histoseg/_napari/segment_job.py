@@ -1,0 +1,124 @@
+"""The segmentation job the Segment widget runs in its worker: load the model, call the core, report the outcome.
+
+Plain data in (:class:`SegmentRequest`), plain data out (:class:`SegmentOutcome`); no Qt, so the widget stays
+a thin form. Slides go through :func:`~napari_histoseg.engine.jobs.segment_slide` into a zarr store (resumed
+when the settings match, replaced when they do not); in-memory images through ``segment_image``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_histoseg.engine.infer import InferenceSettings
+from napari_histoseg.engine.jobs import load_model, segment_image, segment_slide
+from napari_histoseg.io.slide import open_slide
+from napari_histoseg.io.store import LabelStore, StoreError
+
+from .layers import Box, store_counts
+from .workers import cancel_on_forward
+
+
+@dataclass
+class SegmentRequest:
+    """What to segment: a slide file (``slide_path`` + ``out`` store) or an in-memory ``image``."""
+
+    name: str
+    checkpoint: Path
+    settings: InferenceSettings
+    regions: list[Box] | None = None  # level-0 boxes; None: the whole image
+    slide_path: Path | None = None
+    out: Path | None = None
+    image: Any = None
+    mpp: float | None = None
+
+
+@dataclass
+class SegmentOutcome:
+    """A finished (or cancelled) run: a store (slides) or label crops per region (in-memory images)."""
+
+    counts: list[int] = field(default_factory=list)
+    store_path: Path | None = None
+    crops: list[tuple[Box, np.ndarray]] = field(default_factory=list)
+    summary: dict | None = None
+
+
+def _is_store(path: Path) -> bool:
+    try:
+        LabelStore.open(path)
+    except StoreError:
+        return False
+    return True
+
+
+def _resume_or_replace(make):
+    """Resume the store when the settings match; replace it when it is an older histoseg run with others."""
+    gen = make(False)
+    try:
+        first = next(gen)
+    except StoreError:
+        gen.close()
+        path = make.out
+        if not _is_store(path):
+            raise
+        gen = make(True)
+        first = next(gen)
+    yield first
+    return (yield from gen)
+
+
+class _SlideRun:
+    def __init__(self, request: SegmentRequest, slide, model, card, region: Box | None):
+        self.request, self.slide, self.model, self.card, self.region = request, slide, model, card, region
+        self.out = request.out
+
+    def __call__(self, overwrite: bool):
+        r = self.request
+        return segment_slide(
+            self.slide, self.model, self.card, r.out, r.settings, region=self.region, overwrite=overwrite
+        )
+
+
+def outcome_from_store(path: Path | None) -> SegmentOutcome | None:
+    """The outcome recorded in a store so far (what a cancelled run keeps)."""
+    if path is None or not _is_store(path):
+        return None
+    return SegmentOutcome(counts=store_counts(LabelStore.open(path)), store_path=path)
+
+
+def segment_job(request: SegmentRequest, cancel: threading.Event, kept: list | None = None):
+    """Generator for :class:`~.workers.JobRunner`: yields core progress events, returns a :class:`SegmentOutcome`.
+
+    ``kept`` receives each finished in-memory crop as it completes, so a cancelled run keeps them.
+    """
+    model, card = load_model(request.checkpoint)
+    hook = cancel_on_forward(model, cancel)
+    kept = [] if kept is None else kept
+    try:
+        if request.slide_path is not None:
+            slide = open_slide(request.slide_path)
+            try:
+                result = None
+                for region in request.regions or [None]:
+                    run = _SlideRun(request, slide, model, card, region)
+                    result = yield from _resume_or_replace(run)
+            finally:
+                slide.close()
+            outcome = outcome_from_store(request.out)
+            outcome.summary = result.summary() if result is not None else None
+            return outcome
+        image = np.asarray(request.image)
+        h, w = image.shape[:2]
+        for box in request.regions or [(0, 0, h, w)]:
+            y0, x0, y1, x1 = box
+            result = yield from segment_image(
+                image[y0:y1, x0:x1], model, card, request.settings, mpp=request.mpp, name=request.name
+            )
+            kept.append((box, result.labels))
+        return SegmentOutcome(crops=list(kept), summary=result.summary())
+    finally:
+        hook.remove()

@@ -1,0 +1,188 @@
+"""Run a core job generator in napari's ``thread_worker``: progress in the activity dock, Cancel, error reporting.
+
+A job is a generator factory ``make(cancel: threading.Event)`` yielding progress events and *returning* its
+result. Cancel sets the event: the driver stops at the next event, and a model hook (:func:`cancel_on_forward`)
+stops inside a block at the next network batch, so Cancel takes effect within a batch, not a whole block. A
+cancelled job returns a :class:`Cancelled`; the core's ``finally`` blocks run, so finished work stays saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error
+
+log = logging.getLogger(__name__)
+
+JobFactory = Callable[[threading.Event], Generator[Any, None, Any]]
+
+
+class JobCancelled(Exception):
+    """Raised inside the worker thread to abandon the work in hand after Cancel."""
+
+
+@dataclass
+class Cancelled:
+    """What a cancelled job returns; ``partial`` is whatever the job kept (e.g. its output store)."""
+
+    partial: Any = None
+
+
+def cancel_on_forward(model, cancel: threading.Event):
+    """Make ``model``'s forward raise :class:`JobCancelled` once ``cancel`` is set; returns the hook handle."""
+
+    def hook(_module, _inputs):
+        if cancel.is_set():
+            raise JobCancelled
+
+    return model.register_forward_pre_hook(hook)
+
+
+def _drive(make: JobFactory, cancel: threading.Event, partial: Callable[[], Any], stop_on_cancel: bool = True):
+    """Worker body: step the job, hand events out, stop cleanly on Cancel.
+
+    With ``stop_on_cancel=False`` the job watches ``cancel`` itself and ends with its own result.
+    """
+    gen = make(cancel)
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield event
+            if stop_on_cancel and cancel.is_set():
+                return Cancelled(partial())
+    except JobCancelled:
+        return Cancelled(partial())
+    finally:
+        gen.close()  # runs the core's cleanup (thread pools shut down, block in hand finished or dropped)
+
+
+def describe(event: Any) -> tuple[int, int, str] | None:
+    """``(done, total, text)`` for a progress bar from an inference event; None for other events."""
+    if hasattr(event, "blocks_done"):
+        eta = event.eta_seconds
+        text = f"{event.blocks_done}/{event.blocks_total} blocks, {event.windows_per_second:.1f} tiles/s"
+        if eta is not None:
+            text += f", ETA {_clock(eta)}"
+        return event.blocks_done, event.blocks_total, text
+    return None
+
+
+class TrainingProgress:
+    """Progress of a training run: steps over all epochs, from the run's start event and its step events."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.offset = 0
+        self.t0 = time.monotonic()
+        self.first_step: int | None = None
+
+    def __call__(self, event: Any) -> tuple[int, int, str] | None:
+        if hasattr(event, "steps_per_epoch") and hasattr(event, "start_epoch"):  # the start event
+            self.total = event.steps_per_epoch * (event.epochs - event.start_epoch + 1)
+            self.offset = event.steps_per_epoch * (event.start_epoch - 1)
+            return 0, self.total, f"epoch {event.start_epoch}/{event.epochs}"
+        if hasattr(event, "global_step") and hasattr(event, "loss"):
+            done = event.global_step - self.offset
+            if self.first_step is None:
+                self.first_step, self.t0 = done, time.monotonic()
+            text = f"epoch {event.epoch}, step {event.step}/{event.steps_per_epoch}, loss {event.loss:.4f}"
+            rate = (done - self.first_step) / max(time.monotonic() - self.t0, 1e-9)
+            if rate > 0 and self.total:
+                text += f", ETA {_clock((self.total - done) / rate)}"
+            return done, self.total, text
+        return None
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, round(seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class JobRunner:
+    """One job at a time in a thread worker, with a napari progress bar and a Cancel that keeps finished work.
+
+    ``on_event`` gets every event (main thread), ``on_done`` the result or a :class:`Cancelled`, ``on_error``
+    the exception (default: a napari error notification naming ``title``); ``on_finished`` always runs last.
+    """
+
+    def __init__(self, title: str):
+        self.title = title
+        self.worker = None
+        self._cancel = threading.Event()
+        self._bar: progress | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        make: JobFactory,
+        *,
+        on_event: Callable[[Any], None] | None = None,
+        on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+        on_finished: Callable[[], None] | None = None,
+        partial: Callable[[], Any] = lambda: None,
+        label: str = "",
+        stop_on_cancel: bool = True,
+        describe: Callable[[Any], tuple[int, int, str] | None] = describe,
+    ):
+        """Start ``make`` in a worker thread; returns the worker."""
+        if self.running:
+            raise RuntimeError(f"{self.title} is already running")
+        self._cancel = threading.Event()
+        self._bar = progress(total=0, desc=f"{self.title} {label}".strip())
+        worker = thread_worker(_drive, start_thread=False, ignore_errors=True)(
+            make, self._cancel, partial, stop_on_cancel
+        )
+
+        def yielded(event: Any) -> None:
+            shown = describe(event)
+            if shown is not None and self._bar is not None:
+                done, total, text = shown
+                if self._bar.total != total:
+                    self._bar.total = total
+                self._bar.n = done
+                self._bar.set_description(f"{self.title} {label}: {text}".strip())
+                self._bar.refresh()
+            if on_event is not None:
+                on_event(event)
+
+        def errored(exc: Exception) -> None:
+            log.info("%s failed", self.title, exc_info=exc)
+            if on_error is not None:
+                on_error(exc)
+            else:
+                show_error(f"{self.title} failed: {exc}")
+
+        def finished() -> None:
+            self.worker = None
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            if on_finished is not None:
+                on_finished()
+
+        worker.yielded.connect(yielded)
+        if on_done is not None:
+            worker.returned.connect(on_done)
+        worker.errored.connect(errored)
+        worker.finished.connect(finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running job to stop; finished work is kept and ``on_done`` gets a :class:`Cancelled`."""
+        self._cancel.set()
