@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 
 from .classes import BOUNDARY, NON_TUMOR, TUMOR
@@ -12,38 +11,44 @@ from .classes import BOUNDARY, NON_TUMOR, TUMOR
 # 4-connectivity: two cells touching only at a corner through a gap in the boundary stay separate.
 _CONNECTIVITY_1 = ndi.generate_binary_structure(2, 1)
 _CONNECTIVITY_2 = ndi.generate_binary_structure(2, 2)
-#: A region needs an inscribed radius of at least this (chessboard px) at two places to be a splitting candidate.
-_MIN_SEED_RADIUS = 2
 
 
-def split_touching(instances: np.ndarray, *, depth: float = 1.0, ratio: float = 0.5) -> int:
+def split_touching(instances: np.ndarray, *, depth: float = 1.5, ratio: float = 0.5) -> int:
     """Split instances that are two or more cells joined by a neck, in place; return the new instance count.
 
-    Seeds are the h-maxima of each region's Euclidean distance to its edge, with h the larger of ``depth`` px and
-    ``ratio`` times the region's largest inscribed radius: two cell interiors joined through a gap in their
-    boundary rings (a neck at most half as wide as the cells, by default) split along the neck by a watershed,
-    while a single elongated or slightly irregular cell stays whole. (On the CoNSeP validation ground truth, an
-    absolute h of 1-2 px alone over-split irregular nuclei: detection F1 against the instance maps fell from
-    0.969 to 0.955-0.965; with ``ratio=0.5`` it is 0.966.) The watershed runs only on regions with more than one
-    candidate peak, each on its own crop, so the result of a region does not depend on where it sits in the
-    array (needed for blockwise extraction to agree across blocks).
+    With ``peak`` a region's largest inscribed radius (Euclidean distance to its edge), its seeds are the
+    connected parts deeper than ``level = min(peak * (1 - ratio), peak - depth)`` that rise at least ``depth``
+    above it (h-maxima-like, with h relative to the cell's size): two cell interiors joined through a
+    gap in their boundary rings (a neck at most half as wide as the cells, by default) give two seeds and are
+    split along the neck by a watershed of the distance, while a single elongated or slightly irregular cell
+    gives one. Seeds are found for all regions at once; the watershed runs only on regions with several seeds,
+    each on its own crop, so a region's result does not depend on where it sits in the array (blockwise
+    extraction relies on that). (On the CoNSeP validation ground truth, an h-maxima seed rule with an absolute
+    h of 1-2 px over-split irregular nuclei: detection F1 against the instance maps fell from 0.969 to
+    0.955-0.965; with these defaults it is 0.967, and on the benchmark map the count is within 0.1% of the
+    nuclei drawn.)
     """
     count = int(instances.max()) if instances.size else 0
     if count == 0:
         return 0
-    mask = instances > 0
-    # Cheap candidate test on the whole array: more than one plateau of local maxima of the chessboard distance.
-    dist = ndi.distance_transform_cdt(mask, metric="chessboard")
-    peaks = (dist >= _MIN_SEED_RADIUS) & (dist == ndi.maximum_filter(dist, size=3))
-    groups, n_groups = ndi.label(peaks, structure=_CONNECTIVITY_2)
-    if n_groups < 2:
+    dist = ndi.distance_transform_edt(instances > 0)
+    peak = np.zeros(count + 1)
+    peak[1:] = ndi.maximum(dist, instances, index=np.arange(1, count + 1))
+    level = np.minimum(peak * (1.0 - ratio), peak - depth)
+    deep = dist > level[instances]
+    deep &= instances > 0
+    parts, n_parts = ndi.label(deep, structure=_CONNECTIVITY_2)
+    if n_parts <= count:  # fewer parts than regions: no region can have two (the common case, fast exit)
         return count
-    owner = np.zeros(n_groups + 1, dtype=np.int64)
-    owner[groups[peaks]] = instances[peaks]
-    per_region = np.bincount(owner[1:], minlength=count + 1)
-    candidates = np.flatnonzero(per_region >= 2)
-    if candidates.size == 0:
-        return count
+    # A seed is a part rising at least ``depth`` above its region's level (a shallow bump is not a cell).
+    part_peak = np.zeros(n_parts + 1)
+    part_peak[1:] = ndi.maximum(dist, parts, index=np.arange(1, n_parts + 1))
+    owner = np.zeros(n_parts + 1, dtype=np.int64)
+    owner[parts[deep]] = instances[deep]
+    strong = part_peak >= level[owner] + depth
+    strong[0] = False
+    deep &= strong[parts]
+    candidates = np.flatnonzero(np.bincount(owner[strong], minlength=count + 1) >= 2)
     boxes = ndi.find_objects(instances)
     next_id = count + 1
     for region in candidates:
@@ -52,16 +57,11 @@ def split_touching(instances: np.ndarray, *, depth: float = 1.0, ratio: float = 
         y1, x1 = min(instances.shape[0], box[0].stop + 1), min(instances.shape[1], box[1].stop + 1)
         crop = instances[y0:y1, x0:x1]
         inside = crop == region
-        edt = ndi.distance_transform_edt(inside)
-        # Regional maxima of the distance lowered by ``depth`` (h-maxima), plateaus counted once.
-        raised = reconstruction(edt - max(depth, ratio * edt.max()), edt, method="dilation")
-        markers, n_markers = ndi.label(local_maxima(raised, connectivity=2) & inside, structure=_CONNECTIVITY_2)
-        if n_markers < 2:
-            continue
-        parts = watershed(-edt, markers, mask=inside, connectivity=1)
-        new_ids = np.concatenate(([0, region], np.arange(next_id, next_id + n_markers - 1)))
-        crop[inside] = new_ids[parts[inside]]
-        next_id += n_markers - 1
+        seeds, n_seeds = ndi.label(deep[y0:y1, x0:x1] & inside, structure=_CONNECTIVITY_2)
+        pieces = watershed(-dist[y0:y1, x0:x1], seeds, mask=inside, connectivity=1)
+        new_ids = np.concatenate(([0, region], np.arange(next_id, next_id + n_seeds - 1)))
+        crop[inside] = new_ids[pieces[inside]]
+        next_id += n_seeds - 1
     return next_id - 1
 
 
@@ -71,7 +71,7 @@ def cells_from_labels(
     min_area: int = 4,
     expand: float = 3.0,
     split: bool = True,
-    split_depth: float = 1.0,
+    split_depth: float = 1.5,
     split_ratio: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cell instances from a class-label map.
