@@ -164,6 +164,7 @@ def test_slide_region_gives_a_lazy_multiscale_layer(make_napari_viewer, qtbot, t
     assert (0, 0) in store.done_blocks()
 
 
+@pytest.mark.slow
 def test_cancel_stops_within_a_block_and_keeps_finished_ones(
     make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch, tmp_path
 ) -> None:
@@ -226,3 +227,21 @@ def test_settings_persist_between_widgets(make_napari_viewer, qtbot, tiny_checkp
     again = SegmentWidget(viewer)
     assert (again.tile.value, again.overlap.value, again.batch_size.value) == (128, 0.5, 3)
     assert any(entry.path == tiny_checkpoint for entry in again.registry.entries)
+
+
+def test_current_view_of_an_image_segments_only_what_is_shown(make_napari_viewer, qtbot, tiny_checkpoint) -> None:
+    viewer = make_napari_viewer()
+    image = viewer.add_image(real_tissue(256, 256), rgb=True, name="tissue")
+    viewer.window._qt_window.resize(900, 700)
+    qtbot.wait(50)
+    viewer.camera.center = (64, 64)
+    viewer.camera.zoom = min(viewer.canvas.size) / 100  # about 100 px of the image across the short side
+    box = L.visible_box(viewer, image)
+    assert box[0] < 64 < box[2] and box[2] < 200 and box[3] < 256
+    widget = _widget(viewer, tiny_checkpoint, tile=64, extent="current view")
+    _run(qtbot, widget)
+    data = widget.last_layer.data
+    assert data.shape == (256, 256)
+    y0, x0, y1, x1 = box
+    assert data[y0:y1, x0:x1].any()
+    assert not data[y1:].any() and not data[:, x1:].any()

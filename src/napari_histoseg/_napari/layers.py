@@ -167,3 +167,39 @@ def shape_boxes(shapes: Shapes, image: Image) -> list[Box]:
     if not boxes:
         raise RegionError(f"no shape of {shapes.name!r} overlaps image {image.name!r}")
     return boxes
+
+
+# --- training pairs from layers ---------------------------------------------------------------------------
+
+#: Largest label array scanned for its painted area, and largest pair saved (pixels).
+MAX_SCAN_PIXELS = 64_000_000
+MAX_PAIR_PIXELS = 4096 * 4096
+
+
+def pair_arrays(image: Image, labels: Labels, box: Box | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The image pixels under ``labels`` and the labels, cropped to ``box`` (labels pixels) or the painted area.
+
+    The labels may be on any level of a multiscale image (e.g. a slide result at the model's resolution): the
+    image level of the same size is used.
+    """
+    from napari_histoseg.export_pairs import labelled_box
+
+    grid = labels.data[0] if labels.multiscale else labels.data
+    shape = (int(grid.shape[-2]), int(grid.shape[-1]))
+    levels = list(image.data) if image.multiscale else [image.data]
+    level = next((lv for lv in levels if (int(lv.shape[0]), int(lv.shape[1])) == shape), None)
+    if level is None:
+        raise RegionError(
+            f"labels {labels.name!r} ({shape[0]} x {shape[1]} px) match no level of image {image.name!r} "
+            f"({', '.join(f'{lv.shape[0]} x {lv.shape[1]}' for lv in levels)})"
+        )
+    if box is None:
+        if shape[0] * shape[1] > MAX_SCAN_PIXELS:
+            raise RegionError(f"labels {labels.name!r} are too large to search for painted pixels; use the view")
+        box = labelled_box(np.asarray(grid))
+        if box is None:
+            raise RegionError(f"labels {labels.name!r} hold no painted pixels (classes 1-3)")
+    y0, x0, y1, x1 = box
+    if (y1 - y0) * (x1 - x0) > MAX_PAIR_PIXELS:
+        raise RegionError(f"the region ({y1 - y0} x {x1 - x0} px) is too large for a training pair; zoom in")
+    return np.asarray(level[y0:y1, x0:x1]), np.asarray(grid[y0:y1, x0:x1])

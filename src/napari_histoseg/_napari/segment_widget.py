@@ -25,7 +25,7 @@ from . import layers as L
 from .model_registry import registry_for
 from .segment_job import SegmentOutcome, SegmentRequest, outcome_from_store, segment_job
 from .settings import load_settings, restore, save_settings, snapshot
-from .workers import Cancelled, JobRunner
+from .workers import Cancelled, JobRunner, device_choices
 
 SECTION = "segment"
 EXTENTS = ("whole image", "current view", "shapes")
@@ -37,12 +37,6 @@ def default_output_dir() -> Path:
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("napari-histoseg", appauthor=False)) / "predictions"
-
-
-def _devices() -> list[str]:
-    from napari_histoseg.engine.device import available_devices
-
-    return ["auto", *available_devices()]
 
 
 class SegmentWidget(Container):
@@ -61,7 +55,7 @@ class SegmentWidget(Container):
         self.image = ComboBox(label="image", choices=self._layers(Image))
         self.model = ComboBox(label="model", choices=self._models)
         self.add_model = FileEdit(label="add checkpoint", mode="r", filter="*.safetensors")
-        self.device = ComboBox(label="device", choices=_devices(), value="auto")
+        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
         self.batch_size = SpinBox(label="batch size", min=1, max=512, value=8)
         self.tile = SpinBox(label="tile (px)", min=64, max=2048, step=32, value=256)
         self.overlap = FloatSpinBox(label="overlap", min=0.0, max=0.75, step=0.05, value=0.25)

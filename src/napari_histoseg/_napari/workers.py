@@ -35,6 +35,13 @@ class Cancelled:
     partial: Any = None
 
 
+def device_choices() -> list[str]:
+    """Device names for a combo box: ``auto`` and the devices usable here."""
+    from napari_histoseg.engine.device import available_devices
+
+    return ["auto", *available_devices()]
+
+
 def cancel_on_forward(model, cancel: threading.Event):
     """Make ``model``'s forward raise :class:`JobCancelled` once ``cancel`` is set; returns the hook handle."""
 
