@@ -84,11 +84,21 @@ def _predict_slide(args, model, card, settings) -> dict:
     from .engine.jobs import segment_slide
     from .io.slide import open_slide
 
+    options = {"level": args.level, "input_mpp": args.mpp, "overwrite": args.overwrite}
     with open_slide(args.input) as slide:
-        job = segment_slide(
-            slide, model, card, args.out, settings, level=args.level, input_mpp=args.mpp, overwrite=args.overwrite
-        )
-        result = run(job, on_event=_Progress(args.json))
+        if args.scheduler:
+            from .engine.distributed import connect, segment_slide_distributed
+            from .engine.jobs import default_model_path
+
+            checkpoint = args.model or default_model_path()
+            with connect(args.scheduler) as client:
+                job = segment_slide_distributed(slide, checkpoint, args.out, settings, client, **options)
+                result = run(job, on_event=_Progress(args.json))
+                if args.scheduler.startswith("local:"):
+                    client.cluster.close()
+        else:
+            job = segment_slide(slide, model, card, args.out, settings, **options)
+            result = run(job, on_event=_Progress(args.json))
     summary = result.summary()
     summary["out"] = str(args.out)
     return summary
@@ -133,6 +143,11 @@ def _add_predict(sub) -> None:
     p.add_argument("--no-tissue-skip", action="store_true", help="segment background blocks too")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming")
+    p.add_argument(
+        "--scheduler",
+        help="run the blocks on dask.distributed: a scheduler ADDRESS, or local:N for N local worker processes "
+        "(one per GPU on a GPU machine)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_predict)
 

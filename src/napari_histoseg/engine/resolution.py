@@ -95,6 +95,8 @@ def read_padded(array, y0: int, x0: int, y1: int, x1: int, fill: int = 255) -> n
     iy0, ix0, iy1, ix1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
     if iy0 < iy1 and ix0 < ix1:
         part = array[iy0:iy1, ix0:ix1]
-        part = np.asarray(part.compute() if hasattr(part, "compute") else part)
+        # An explicit local scheduler: on a dask.distributed worker the default would ship the graph (and its
+        # open file handle) to the cluster.
+        part = np.asarray(part.compute(scheduler="threads") if hasattr(part, "compute") else part)
         out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = part[..., :3]
     return out
