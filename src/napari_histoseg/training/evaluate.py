@@ -130,6 +130,16 @@ def _windowed_probabilities(model: torch.nn.Module, image: torch.Tensor, batch_s
     return scores / scores.sum(dim=0, keepdim=True)
 
 
+def _memory_format(model: torch.nn.Module) -> torch.memory_format:
+    """The layout of the model's convolution weights, so that inputs need no conversion."""
+    for p in model.parameters():
+        if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1:
+            return (
+                torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            )
+    return torch.contiguous_format
+
+
 def evaluate_model(
     model: torch.nn.Module,
     samples: Sequence[Sample],
@@ -159,6 +169,7 @@ def evaluate_model(
     metrics = SegmentationMetrics(num_classes=num_classes)
     loss_sum = weight_sum = 0.0
     done = 0
+    memory_format = _memory_format(model)
     t0 = time.perf_counter()
     model.eval()
     for batch in _batches(dataset, batch_size, whole_max):
@@ -166,7 +177,7 @@ def evaluate_model(
         images = torch.stack([item[0] for item in items])
         if device.type == "cuda":
             images = images.pin_memory()
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         with torch.inference_mode():
             if max(items[0][3]) > whole_max:
                 h, w = items[0][3]
