@@ -152,6 +152,112 @@ def _add_predict(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from .training.train import TrainConfig, TrainResult, run_training
+
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    config = TrainConfig(**values)
+
+    def report(event) -> None:
+        from .training.train import EpochEvent, TrainStart
+
+        if isinstance(event, TrainStart):
+            weights = ", ".join(f"{w:.2f}" for w in event.class_weights)
+            print(
+                f"training {event.parameters / 1e6:.2f} M parameters on {event.device}: {event.train_images} images, "
+                f"{event.val_images} for validation, {event.steps_per_epoch} steps per epoch, "
+                f"class weights [{weights}], epochs {event.start_epoch}..{event.epochs}",
+                file=sys.stderr,
+            )
+        elif isinstance(event, EpochEvent):
+            val = event.val
+            print(
+                f"epoch {event.epoch}/{event.epochs}  loss {event.train_loss:.4f}  score {event.score:.4f}  "
+                f"detection F1 {val.get('detection_f1', float('nan')):.3f}  "
+                f"tumor F1 {val.get('type_f1_tumor', float('nan')):.3f}  "
+                f"{'best ' if event.is_best else ''}{event.seconds:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    result: TrainResult = run_training(config, resume=args.resume, on_event=report)
+    state = "cancelled" if result.cancelled else "finished"
+    print(
+        f"{state} after {result.epochs_done} epochs; best epoch {result.best_epoch} "
+        f"(score {result.best_score:.4f}): {result.best_checkpoint}"
+    )
+    return 130 if result.cancelled else 0
+
+
+def _add_train(sub) -> None:
+    from .training.train import TrainConfig
+
+    defaults = TrainConfig(train_dir="", out="")
+    p = sub.add_parser("train", help="train or fine-tune a model on folder pairs (input/x.png + gt/x_gt.png)")
+    p.add_argument("train_dir", help="folder with input/ and gt/")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.csv, config.json")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val", dest="val_dir", help="validation folder pairs")
+    val.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="hold out whole images")
+    p.add_argument("--group-regex", help="regex whose first group names the source image of a patch")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
+    p.add_argument("--patch", type=int, default=defaults.patch, help="patch size in px")
+    p.add_argument("--optimizer", default=defaults.optimizer, help="rmsprop, adam, adamw or sgd")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--scheduler", default=defaults.scheduler, help="cosine, plateau or none")
+    p.add_argument("--warmup", type=int, default=defaults.warmup, help="warm-up steps")
+    p.add_argument("--init", help="checkpoint to fine-tune from")
+    p.add_argument("--width", type=float, help="network width multiplier (1.0 = 4.1 M parameters)")
+    p.add_argument("--stain-jitter", type=float, default=defaults.stain_jitter, help="H&E colour jitter strength")
+    p.add_argument("--samples-per-epoch", type=int)
+    p.add_argument("--device", default=defaults.device)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    p.add_argument("--model-mpp", type=float, help="microns per pixel of the training images (CoNSeP: 0.25)")
+    p.add_argument("--select-metric", default=defaults.select_metric, help="validation score that picks the best")
+    p.add_argument("--val-every", type=int, default=defaults.val_every)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--opening-radius", type=int, default=defaults.opening_radius)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine.jobs import default_model_path
+    from .training.evaluate import format_metrics, run_evaluation
+
+    checkpoint = args.model or default_model_path()
+    if checkpoint is None:
+        raise SystemExit("error: no --model given and no bundled default model is installed")
+    result = run_evaluation(
+        args.data_dir, checkpoint, device=args.device, batch_size=args.batch_size, opening_radius=args.opening_radius
+    )
+    if args.json:
+        print(result.to_json())
+    else:
+        print(f"{result.images} images of {args.data_dir}, model {checkpoint} ({result.seconds:.1f} s)")
+        print(format_metrics(result.metrics))
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    from .training.train import DEFAULT_OPENING_RADIUS
+
+    p = sub.add_parser("evaluate", help="score a model on folder pairs: Dice, detection F1, type F1")
+    p.add_argument("data_dir", help="folder with input/ and gt/ (and optional inst/ instance maps)")
+    p.add_argument("--model", help="checkpoint; default: the bundled model")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--opening-radius", type=int, default=DEFAULT_OPENING_RADIUS)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="histoseg", description="Tumor-cell segmentation of H&E slides (napari-histoseg command line)."
@@ -160,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_predict(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
     return parser
 
 
