@@ -294,6 +294,7 @@ class TrainResult:
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; run files are meant to be shared like any output
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
