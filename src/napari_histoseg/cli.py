@@ -101,6 +101,12 @@ def _predict_slide(args, model, card, settings) -> dict:
             result = run(job, on_event=_Progress(args.json))
     summary = result.summary()
     summary["out"] = str(args.out)
+    if not args.no_cells:
+        from .io.export import write_slide_outputs
+
+        outputs = write_slide_outputs(result.store, model_card=card)
+        summary["cellularity"] = outputs["cellularity"]
+        summary["files"] = outputs["files"]
     return summary
 
 
@@ -143,6 +149,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--no-tissue-skip", action="store_true", help="segment background blocks too")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming")
+    p.add_argument("--no-cells", action="store_true", help="slides: skip the cells CSV, GeoJSON and summary")
     p.add_argument(
         "--scheduler",
         help="run the blocks on dask.distributed: a scheduler ADDRESS, or local:N for N local worker processes "
@@ -150,6 +157,42 @@ def _add_predict(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_predict)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .engine.jobs import default_model_path
+    from .samples import sample_path
+
+    model = default_model_path()
+    if model is None:
+        raise SystemExit("error: the bundled default model is not installed; reinstall napari-histoseg")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    predict = build_parser().parse_args(
+        ["predict", str(sample_path()), "--out", str(out / "cmu-1-small-region.zarr"), "--json", "--overwrite"]
+        + (["--device", args.device] if args.device else [])
+    )
+    summary = _predict_slide(predict, *_loaded(model), _settings(predict))
+    counts = summary["pixels_per_class"]
+    cellularity = summary["cellularity"]
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"segmented the sample slide CMU-1 small region with the bundled model -> {out}")
+    for name, count in counts.items():
+        print(f"  {name:15s} {count:>12,d} px")
+    ratio = cellularity["cellularity_by_count"]
+    text = "n/a" if ratio is None else f"{100 * ratio:.1f}%"
+    print(f"tumor cellularity: {text} ({cellularity['tumor_cells']} tumor cells of {cellularity['cells']} cells)")
+    for name, path in summary["files"].items():
+        print(f"  {name}: {path}")
+    return 0
+
+
+def _loaded(model_path):
+    from .engine.jobs import load_model
+
+    return load_model(model_path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -266,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_predict(sub)
+    demo = sub.add_parser("demo", help="segment the bundled sample slide with the bundled model")
+    demo.add_argument("--out", default="histoseg-demo", help="output folder (default: histoseg-demo)")
+    demo.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    demo.add_argument("--json", action="store_true", help="print the JSON summary")
+    demo.set_defaults(func=cmd_demo)
     _add_train(sub)
     _add_evaluate(sub)
     return parser

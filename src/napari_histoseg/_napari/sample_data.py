@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from importlib.resources import as_file, files
-from pathlib import Path
-
 from napari_histoseg._napari.reader import LayerData, slide_layer_data
 from napari_histoseg.io.slide import open_slide
+from napari_histoseg.samples import SAMPLE_FILE, sample_path
 
-SAMPLE_FILE = "cmu-1-small-region.svs"
-
-
-def sample_path(name: str = SAMPLE_FILE) -> Path:
-    """Path of a shipped sample file that stays valid while the slide is read lazily.
-
-    A normal install gives the file's own path; a zipped package is extracted once to a temporary folder.
-    """
-    resource = files("napari_histoseg") / "samples" / name
-    if isinstance(resource, Path):
-        return resource
-    target = Path(tempfile.gettempdir()) / "napari-histoseg-samples" / name
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with as_file(resource) as extracted:
-            shutil.copyfile(extracted, target)
-    return target
+__all__ = ["SAMPLE_FILE", "cmu1_small_region", "sample_path"]
 
 
 def cmu1_small_region() -> list[LayerData]:
