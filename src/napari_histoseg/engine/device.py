@@ -60,9 +60,7 @@ def select_device(preference: str | torch.device = "auto") -> torch.device:
     count = torch.cuda.device_count()
     i = torch.cuda.current_device() if index is None else int(index)
     if i >= count:
-        raise DeviceError(
-            f"device {text!r} does not exist: this machine has {count} CUDA device(s) (0..{count - 1})"
-        )
+        raise DeviceError(f"device {text!r} does not exist: this machine has {count} CUDA device(s) (0..{count - 1})")
     return torch.device("cuda", i)
 
 

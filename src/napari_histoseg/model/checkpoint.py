@@ -119,9 +119,7 @@ def card_for(model: ResUNetPlusPlus, *, mpp: float | None, **extra: Any) -> Mode
     values.update(extra)
     card = ModelCard(**values)
     if len(card.classes) != config.num_classes:
-        raise ValueError(
-            f"card lists {len(card.classes)} classes but the model has {config.num_classes} outputs"
-        )
+        raise ValueError(f"card lists {len(card.classes)} classes but the model has {config.num_classes} outputs")
     return card
 
 
@@ -149,6 +147,7 @@ def _versions() -> dict[str, str]:
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; checkpoints are shared like other outputs
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -171,9 +170,7 @@ def save_checkpoint(
     if card.architecture != ARCHITECTURE:
         raise ValueError(f"card architecture is {card.architecture!r}, expected {ARCHITECTURE!r}")
     if card.config != model.config.to_dict():
-        raise ValueError(
-            "card config does not describe the model being saved; build the card with card_for()"
-        )
+        raise ValueError("card config does not describe the model being saved; build the card with card_for()")
     state = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().to("cpu")
@@ -264,17 +261,13 @@ def _check_architecture(path: Path, card: ModelCard, metadata: dict[str, str] | 
             f"architecture {card.architecture!r} is not supported (expected {ARCHITECTURE!r})",
         )
     if metadata and metadata.get("architecture", ARCHITECTURE) != ARCHITECTURE:
-        raise CheckpointError(
-            path, f"weights are of architecture {metadata['architecture']!r}, not {ARCHITECTURE!r}"
-        )
+        raise CheckpointError(path, f"weights are of architecture {metadata['architecture']!r}, not {ARCHITECTURE!r}")
     try:
         config = card.model_config
     except ModelConfigError as e:
         raise CheckpointError(card_path(path), f"invalid model config in card: {e}") from e
     if metadata and "config" in metadata and json.loads(metadata["config"]) != card.config:
-        raise CheckpointError(
-            path, f"weights were saved with another config than {card_path(path).name} describes"
-        )
+        raise CheckpointError(path, f"weights were saved with another config than {card_path(path).name} describes")
     if len(card.classes) != config.num_classes:
         raise CheckpointError(
             card_path(path), f"card lists {len(card.classes)} classes but its config has {config.num_classes}"
@@ -290,9 +283,7 @@ def _resolve(path: str | os.PathLike[str]) -> Path:
     return weights_path(path)
 
 
-def _open(
-    path: str | os.PathLike[str], verify: bool
-) -> tuple[Path, ModelCard, ModelConfig, dict[str, torch.Tensor]]:
+def _open(path: str | os.PathLike[str], verify: bool) -> tuple[Path, ModelCard, ModelConfig, dict[str, torch.Tensor]]:
     wpath = _resolve(path)
     data = _read_bytes(wpath)
     card = read_card(wpath)
@@ -321,11 +312,7 @@ def load_checkpoint(
             f"weights do not match the architecture in the card: {len(missing)} missing "
             f"({_preview(missing)}), {len(unexpected)} unexpected ({_preview(unexpected)})",
         )
-    bad = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if state[k].shape != v.shape
-    ]
+    bad = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
     if bad:
         raise CheckpointError(wpath, f"weights do not match the config in the card: {_preview(bad)}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
@@ -366,9 +353,7 @@ def load_matching_weights(model: ResUNetPlusPlus, path: str | os.PathLike[str]) 
         for name in loaded:
             target[name].copy_(state[name].to(target[name].dtype))
     if skipped:
-        logger.info(
-            "%s: %d tensors loaded, %d left initialised: %s", wpath, len(loaded), len(skipped), skipped
-        )
+        logger.info("%s: %d tensors loaded, %d left initialised: %s", wpath, len(loaded), len(skipped), skipped)
     return {"loaded": loaded, "skipped": skipped}
 
 
@@ -382,8 +367,4 @@ def finetune_config(path: str | os.PathLike[str], *, num_classes: int | None = N
 
 
 def _preview(items: list[str], n: int = 4) -> str:
-    return (
-        ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
-        if items
-        else "none"
-    )
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "") if items else "none"

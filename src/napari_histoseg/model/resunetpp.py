@@ -69,9 +69,7 @@ class ModelConfig:
         for name in ("in_channels", "num_classes", "bridge"):
             _check_positive_int(name, getattr(self, name))
         if len(self.widths) < 2:
-            raise ModelConfigError(
-                f"ModelConfig.widths needs a stem and at least one stage, got {self.widths}"
-            )
+            raise ModelConfigError(f"ModelConfig.widths needs a stem and at least one stage, got {self.widths}")
         for w in self.widths:
             _check_positive_int("widths", w)
         if self.num_classes < 2:
@@ -83,9 +81,7 @@ class ModelConfig:
             if len(value) != self.in_channels or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
             ):
-                raise ModelConfigError(
-                    f"ModelConfig.{name} needs {self.in_channels} finite numbers, got {value}"
-                )
+                raise ModelConfigError(f"ModelConfig.{name} needs {self.in_channels} finite numbers, got {value}")
             object.__setattr__(self, name, tuple(float(v) for v in value))
         if any(s <= 0 for s in self.std):
             raise ModelConfigError(f"ModelConfig.std must be positive, got {self.std}")
@@ -123,9 +119,7 @@ class ModelConfig:
         def scale(c: int) -> int:
             return max(4, 4 * round(c * width_multiplier / 4))
 
-        return cls(
-            **{"widths": tuple(scale(w) for w in base.widths), "bridge": scale(base.bridge), **overrides}
-        )
+        return cls(**{"widths": tuple(scale(w) for w in base.widths), "bridge": scale(base.bridge), **overrides})
 
     def check_input_size(self, height: int, width: int) -> None:
         """Raise :class:`InputSizeError` naming the nearest valid sizes if (height, width) cannot be taken."""
@@ -162,9 +156,7 @@ class SqueezeExcite(nn.Module):
 
 
 def _bn_relu_conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
-    )
+    return nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 3, stride=stride, padding=1))
 
 
 class StemBlock(nn.Module):
@@ -204,8 +196,7 @@ class ASPP(nn.Module):
     def __init__(self, cin: int, cout: int, rates: tuple[int, ...]) -> None:
         super().__init__()
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(cin, cout, 3, padding=r, dilation=r), nn.BatchNorm2d(cout))
-            for r in (1, *rates)
+            nn.Sequential(nn.Conv2d(cin, cout, 3, padding=r, dilation=r), nn.BatchNorm2d(cout)) for r in (1, *rates)
         )
         self.project = nn.Conv2d(cout, cout, 1)
 
@@ -267,9 +258,7 @@ class ResUNetPlusPlus(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits for RGB input in [0, 1]; H and W must be multiples of ``config.divisor``."""
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise InputSizeError(
-                f"expected input of shape (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise InputSizeError(f"expected input of shape (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         self.config.check_input_size(int(x.shape[2]), int(x.shape[3]))
         x = (x - self.mean) / self.std
         skips = [self.stem(x)]
