@@ -245,3 +245,16 @@ def test_current_view_of_an_image_segments_only_what_is_shown(make_napari_viewer
     y0, x0, y1, x1 = box
     assert data[y0:y1, x0:x1].any()
     assert not data[y1:].any() and not data[:, x1:].any()
+
+
+def test_unreachable_scheduler_is_a_notification(
+    make_napari_viewer, qtbot, tiny_checkpoint, cmu_svs, tmp_path, monkeypatch
+):
+    messages = _errors(monkeypatch)
+    viewer = make_napari_viewer()
+    viewer.open(str(cmu_svs), plugin=PLUGIN)
+    widget = _widget(viewer, tiny_checkpoint, output_dir=tmp_path, scheduler="tcp://127.0.0.1:9")
+    assert widget.request().scheduler == "tcp://127.0.0.1:9"
+    _run(qtbot, widget)
+    qtbot.waitUntil(lambda: any("cannot reach the dask scheduler" in m for m in messages), timeout=WAIT_MS)
+    assert widget.run_button.enabled and len(viewer.layers) == 1

@@ -35,6 +35,7 @@ class SegmentRequest:
     out: Path | None = None
     image: Any = None
     mpp: float | None = None
+    scheduler: str | None = None  # slides: run the blocks on this dask scheduler (address or local:N)
 
 
 @dataclass
@@ -72,15 +73,29 @@ def _resume_or_replace(make):
 
 
 class _SlideRun:
-    def __init__(self, request: SegmentRequest, slide, model, card, region: Box | None):
+    def __init__(self, request: SegmentRequest, slide, model, card, region: Box | None, client=None):
         self.request, self.slide, self.model, self.card, self.region = request, slide, model, card, region
+        self.client = client
         self.out = request.out
 
     def __call__(self, overwrite: bool):
         r = self.request
+        if self.client is not None:
+            from napari_histoseg.engine.distributed import segment_slide_distributed
+
+            return segment_slide_distributed(
+                self.slide, r.checkpoint, r.out, r.settings, self.client, region=self.region, overwrite=overwrite
+            )
         return segment_slide(
             self.slide, self.model, self.card, r.out, r.settings, region=self.region, overwrite=overwrite
         )
+
+
+def _close_client(client, scheduler: str) -> None:
+    cluster = client.cluster if scheduler.startswith("local:") else None
+    client.close()
+    if cluster is not None:
+        cluster.close()
 
 
 def outcome_from_store(path: Path | None) -> SegmentOutcome | None:
@@ -101,13 +116,20 @@ def segment_job(request: SegmentRequest, cancel: threading.Event, kept: list | N
     try:
         if request.slide_path is not None:
             slide = open_slide(request.slide_path)
+            client = None
+            if request.scheduler:
+                from napari_histoseg.engine.distributed import connect
+
+                client = connect(request.scheduler)
             try:
                 result = None
                 for region in request.regions or [None]:
-                    run = _SlideRun(request, slide, model, card, region)
+                    run = _SlideRun(request, slide, model, card, region, client)
                     result = yield from _resume_or_replace(run)
             finally:
                 slide.close()
+                if client is not None:
+                    _close_client(client, request.scheduler)
             outcome = outcome_from_store(request.out)
             outcome.summary = result.summary() if result is not None else None
             return outcome

@@ -12,6 +12,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     PushButton,
     RadioButtons,
     SpinBox,
@@ -66,18 +67,22 @@ class SegmentWidget(Container):
         self.shapes = ComboBox(label="regions", choices=self._layers(Shapes))
         self.output_dir = FileEdit(label="slide output folder", mode="d", value=default_output_dir())
         self.new_layer = CheckBox(text="new layer (keep the previous result)", value=False)
+        self.scheduler = LineEdit(label="dask scheduler", value="")
+        self.scheduler.tooltip = (
+            "slides only: a dask scheduler address (tcp://host:8786) or local:N; empty = this process"
+        )
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.result = Label(value="")
         self.extend([
             self.image, self.model, self.add_model, self.device, self.batch_size, self.tile, self.overlap,
             self.opening, self.block, self.skip_background, self.extent, self.shapes, self.output_dir,
-            self.new_layer, self.run_button, self.cancel_button, self.result,
+            self.new_layer, self.scheduler, self.run_button, self.cancel_button, self.result,
         ])  # fmt: skip
         self._persisted = {
             "device": self.device, "batch_size": self.batch_size, "tile": self.tile, "overlap": self.overlap,
             "opening": self.opening, "block": self.block, "skip_background": self.skip_background,
-            "extent": self.extent, "output_dir": self.output_dir,
+            "extent": self.extent, "output_dir": self.output_dir, "scheduler": self.scheduler,
         }  # fmt: skip
         restore(self._persisted, load_settings(SECTION))
 
@@ -136,6 +141,7 @@ class SegmentWidget(Container):
                 raise ValueError(f"multiscale layer {image.name!r} was not opened from a slide file by napari-histoseg")
             request.slide_path = Path(path)
             request.out = self._store_path(image)
+            request.scheduler = self.scheduler.value.strip() or None
         else:
             request.image = image.data
             request.mpp = image.metadata.get("mpp")
