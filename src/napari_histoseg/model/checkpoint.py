@@ -12,7 +12,6 @@ import logging
 import os
 import platform
 import struct
-import tempfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..classes import CLASS_COLORS, CLASS_NAMES
+from ..fileio import atomic_write
 from .resunetpp import ModelConfig, ModelConfigError, ResUNetPlusPlus
 
 logger = logging.getLogger(__name__)
@@ -144,20 +144,6 @@ def _versions() -> dict[str, str]:
     return {"napari_histoseg": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; checkpoints are shared like other outputs
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     path: str | os.PathLike[str], model: ResUNetPlusPlus, card: ModelCard, *, half: bool = False
 ) -> Path:
@@ -180,11 +166,11 @@ def save_checkpoint(
     metadata = {"architecture": ARCHITECTURE, "config": json.dumps(card.config), "format": "pt"}
     data = st_save(state, metadata=metadata)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, data)
+    atomic_write(target, data)
     card.sha256 = hashlib.sha256(data).hexdigest()
     card.versions = {**card.versions, **_versions()}
     card.created = card.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _atomic_write(card_path(target), (json.dumps(card.to_dict(), indent=2) + "\n").encode())
+    atomic_write(card_path(target), (json.dumps(card.to_dict(), indent=2) + "\n").encode())
     return target
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..classes import CLASS_NAMES
 from ..cleanup import open_labels
 from ..engine.device import autocast_for, prepare_model, select_device
+from ..fileio import json_safe
 from ..metrics import SegmentationMetrics
 from .data import Sample, find_pairs, load_pairs
 from .dataset import EvalDataset
@@ -60,20 +61,10 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         """JSON-ready dict: NaN (an undefined score) becomes ``None``."""
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def format_metrics(metrics: dict) -> str:

@@ -31,7 +31,6 @@ import math
 import os
 import re
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -47,6 +46,7 @@ from safetensors.torch import save as st_save
 
 from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..engine.device import select_device
+from ..fileio import atomic_write, json_safe
 from ..model.checkpoint import card_for, finetune_config, load_matching_weights, save_checkpoint
 from ..model.resunetpp import ModelConfig, ResUNetPlusPlus, build_model, count_parameters
 from .data import find_pairs, load_pairs, split_by_image, weights_from_counts
@@ -291,20 +291,6 @@ class TrainResult:
 # --- small helpers ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; run files are meant to be shared like any output
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextlib.contextmanager
 def _hold_interrupts():
     """Delay Ctrl-C (SIGINT) until the block ends, so files written together stay consistent."""
@@ -418,7 +404,7 @@ def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
         "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars, "indices": list(map(int, opt["state"]))},
     }
     data = st_save(tensors, metadata={"format": STATE_FORMAT, "state": json.dumps(info)})
-    _atomic_write(path, data)
+    atomic_write(path, data)
 
 
 def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -495,7 +481,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(path, buffer.getvalue().encode())
+    atomic_write(path, buffer.getvalue().encode())
 
 
 # --- the loop --------------------------------------------------------------------------------------------------
@@ -555,14 +541,14 @@ def train(
         init_report = info.get("init_report")
     else:
         model, init_report = _build_model(config)
-        _atomic_write(config_path, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+        atomic_write(config_path, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
         summary = {
             "images": len(train_samples),
             "pixels_per_class": counts,
             "classes": list(CLASS_NAMES),
             "class_weights": [float(w) for w in class_weights],
         }
-        _atomic_write(run_dir / "class_weights.json", (json.dumps(summary, indent=2) + "\n").encode())
+        atomic_write(run_dir / "class_weights.json", (json.dumps(summary, indent=2) + "\n").encode())
         _write_csv(run_dir / "metrics.csv", [])
 
     # channels_last only on CUDA: on CPU, oneDNN's 1x1-convolution weight gradient (torch 2.13, AVX-512)
@@ -635,10 +621,10 @@ def train(
             "epoch": epoch,
             "epochs": config.epochs,
             "global_step": global_step,
-            "score": _finite(score),
+            "score": json_safe(score),
         }
         card = card_for(
-            model, mpp=config.model_mpp, training=training, metrics=_finite(metrics), name=f"{run_dir.name}/{stem}"
+            model, mpp=config.model_mpp, training=training, metrics=json_safe(metrics), name=f"{run_dir.name}/{stem}"
         )
         return str(save_checkpoint(run_dir / stem, model, card))
 
@@ -717,7 +703,7 @@ def train(
                 best_score = score if math.isfinite(score) else float("-inf")
                 best_epoch, best_metrics = epoch, val
             seconds = time.perf_counter() - t_epoch
-            history.append({"epoch": epoch, "train_loss": train_loss, "score": _finite(score)})
+            history.append({"epoch": epoch, "train_loss": train_loss, "score": json_safe(score)})
             with _hold_interrupts():
                 rows = read_metrics_csv(run_dir)
                 rows.append(_csv_row(epoch, global_step, train_loss, lr, seconds, val, is_best, score))
@@ -734,7 +720,7 @@ def train(
                         "global_step": global_step,
                         "best_score": best_score if math.isfinite(best_score) else None,
                         "best_epoch": best_epoch,
-                        "best_metrics": _finite(best_metrics),
+                        "best_metrics": json_safe(best_metrics),
                         "model_config": model.config.to_dict(),
                         "plateau": plateau.state_dict() if plateau is not None else None,
                         "init_report": init_report,
@@ -794,17 +780,6 @@ def validate_model(
         result = event
     assert isinstance(result, EvalResult)
     return result.metrics
-
-
-def _finite(value):
-    """JSON-safe copy: NaN and infinities become None."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def run_training(
