@@ -147,6 +147,9 @@ def test_slide_outputs_next_to_the_store(tmp_path):
     assert output_paths(store.path, tmp_path / "run1")["summary_json"] == tmp_path / "run1_summary.json"
     with pytest.raises(ExportError, match="does not exist"):
         write_slide_outputs(store, tmp_path / "missing" / "x")
+    quick = write_slide_outputs(store, tmp_path / "quick", geojson=False)
+    assert "cells_geojson" not in quick["files"] and quick["cellularity"] == out["cellularity"]
+    assert not (tmp_path / "quick_cells.geojson").exists()
 
 
 def test_labels_tiff_pyramid_round_trip(tmp_path):

@@ -12,6 +12,7 @@ Every writer streams: cells are written table by table, labels tile by tile; not
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -304,10 +305,13 @@ def write_slide_outputs(
     model_card: Any = None,
     settings: dict | None = None,
     grid_px: int = 256,
+    geojson: bool = True,
     on_event=None,
     **cell_kwargs,
 ) -> dict:
     """Cells CSV, QuPath GeoJSON and summary JSON for a finished LabelStore, in one streaming pass.
+
+    Outlines for the GeoJSON cost most of the time (about 4x the extraction alone); ``geojson=False`` skips them.
 
     ``out``: folder or prefix (see :func:`output_paths`); ``mpp``: microns per slide level-0 px (default: from the
     store); ``settings``: the run's settings, recorded in the summary; ``grid_px``: square size of the cellularity
@@ -317,6 +321,8 @@ def write_slide_outputs(
     """
     frame = Frame.of_store(store, mpp=mpp)
     paths = output_paths(store.path, out)
+    if not geojson:
+        del paths["cells_geojson"]
     for path in paths.values():
         if not path.parent.is_dir():
             raise ExportError(f"{path}: the folder {path.parent} does not exist")
@@ -324,11 +330,14 @@ def write_slide_outputs(
     grid = CellularityGrid(tuple(labels.shape), grid_px)
     cell_kwargs.setdefault("block", int(store.info.get("block", 2048)))
     result = None
-    with CellCsvWriter(paths["cells_csv"], frame) as csv_out, GeoJsonWriter(paths["cells_geojson"], frame) as geo:
-        for event in iter_cells(store, polygons=True, **cell_kwargs):
+    with contextlib.ExitStack() as stack:
+        csv_out = stack.enter_context(CellCsvWriter(paths["cells_csv"], frame))
+        geo = stack.enter_context(GeoJsonWriter(paths["cells_geojson"], frame)) if geojson else None
+        for event in iter_cells(store, polygons=geojson, **cell_kwargs):
             if isinstance(event, CellProgress):
                 csv_out.write(event.table)
-                geo.write(event.table)
+                if geo is not None:
+                    geo.write(event.table)
                 grid.add(event.table)
                 if on_event is not None:
                     on_event(event)
