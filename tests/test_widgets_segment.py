@@ -258,3 +258,25 @@ def test_unreachable_scheduler_is_a_notification(
     _run(qtbot, widget)
     qtbot.waitUntil(lambda: any("cannot reach the dask scheduler" in m for m in messages), timeout=WAIT_MS)
     assert widget.run_button.enabled and len(viewer.layers) == 1
+
+
+def test_cellularity_readout_of_the_result_and_a_region(make_napari_viewer, qtbot, tiny_checkpoint) -> None:
+    from napari_histoseg.measure import cellularity_readout
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(real_tissue(300, 280), rgb=True, name="tissue")
+    shapes = viewer.add_shapes([[[20, 20], [20, 150], [150, 150], [150, 20]]], name="roi")
+    widget = _widget(viewer, tiny_checkpoint, cellularity_map=True)
+    widget.shapes.value = shapes
+    _run(qtbot, widget)
+    qtbot.waitUntil(lambda: not widget.measurer.running, timeout=WAIT_MS)
+
+    labels = widget.last_layer
+    expected = cellularity_readout(np.asarray(labels.data), [np.asarray(shapes.data[0])])
+    assert labels.metadata["cellularity"]["whole"] == expected["whole"]
+    assert labels.metadata["cellularity"]["regions"] == expected["regions"]
+    assert expected["whole"]["cells"] > 0  # the calibrated random model does find "cells"
+    assert "Whole result: tumor cellularity" in widget.result.value and "Region 1:" in widget.result.value
+    [cmap] = [layer for layer in viewer.layers if "tumor cellularity" in layer.name]
+    assert cmap.colorbar.visible and cmap.data.shape == (2, 2)  # 300 x 280 px in squares of 256 px
+    np.testing.assert_allclose(cmap.scale, np.asarray(image.scale) * 256)

@@ -144,3 +144,32 @@ def segment_job(request: SegmentRequest, cancel: threading.Event, kept: list | N
         return SegmentOutcome(crops=list(kept), summary=result.summary())
     finally:
         hook.remove()
+
+
+@dataclass
+class MeasureOutcome:
+    """Cells of a result: the readout (whole result and each region) and the cellularity grid for the map."""
+
+    readout: dict
+    grid: Any
+
+
+def measure_job(source: Any, regions: list, mpp: float | None, cancel: threading.Event, grid_px: int = 256):
+    """Generator for :class:`~.workers.JobRunner`: extract cells block by block, return a :class:`MeasureOutcome`.
+
+    ``source``: the label array (or multiscale list / store); ``regions``: polygons in its level-0 pixels.
+    """
+    from napari_histoseg.cells import CellProgress, CellTable, iter_cells, label_array
+    from napari_histoseg.measure import CellularityGrid, cellularity_readout
+
+    grid = CellularityGrid(tuple(label_array(source, 0).shape), grid_px)
+    tables = []
+    for event in iter_cells(source):
+        if cancel.is_set():
+            return None
+        if isinstance(event, CellProgress):
+            tables.append(event.table)
+            grid.add(event.table)
+            yield event
+    table = CellTable.concat(tables) if tables else CellTable.empty(False)
+    return MeasureOutcome(cellularity_readout(table, regions, mpp=mpp), grid)

@@ -24,7 +24,7 @@ from napari_histoseg.export_pairs import safe_name
 
 from . import layers as L
 from .model_registry import registry_for
-from .segment_job import SegmentOutcome, SegmentRequest, outcome_from_store, segment_job
+from .segment_job import SegmentOutcome, SegmentRequest, measure_job, outcome_from_store, segment_job
 from .settings import load_settings, restore, save_settings, snapshot
 from .workers import Cancelled, JobRunner, device_choices
 
@@ -48,6 +48,7 @@ class SegmentWidget(Container):
         self.viewer = napari_viewer
         self.registry = registry_for(napari_viewer)
         self.runner = JobRunner("Segmenting")
+        self.measurer = JobRunner("Measuring cells")
         self.last_outcome: SegmentOutcome | None = None
         self.last_layer = None
         self._target = None
@@ -67,6 +68,8 @@ class SegmentWidget(Container):
         self.shapes = ComboBox(label="regions", choices=self._layers(Shapes))
         self.output_dir = FileEdit(label="slide output folder", mode="d", value=default_output_dir())
         self.new_layer = CheckBox(text="new layer (keep the previous result)", value=False)
+        self.measure = CheckBox(text="cells and tumor cellularity (per region too)", value=True)
+        self.cellularity_map = CheckBox(text="cellularity map layer", value=False)
         self.scheduler = LineEdit(label="dask scheduler", value="")
         self.scheduler.tooltip = (
             "slides only: a dask scheduler address (tcp://host:8786) or local:N; empty = this process"
@@ -77,12 +80,14 @@ class SegmentWidget(Container):
         self.extend([
             self.image, self.model, self.add_model, self.device, self.batch_size, self.tile, self.overlap,
             self.opening, self.block, self.skip_background, self.extent, self.shapes, self.output_dir,
-            self.new_layer, self.scheduler, self.run_button, self.cancel_button, self.result,
+            self.new_layer, self.measure, self.cellularity_map, self.scheduler, self.run_button,
+            self.cancel_button, self.result,
         ])  # fmt: skip
         self._persisted = {
             "device": self.device, "batch_size": self.batch_size, "tile": self.tile, "overlap": self.overlap,
             "opening": self.opening, "block": self.block, "skip_background": self.skip_background,
             "extent": self.extent, "output_dir": self.output_dir, "scheduler": self.scheduler,
+            "measure": self.measure, "cellularity_map": self.cellularity_map,
         }  # fmt: skip
         restore(self._persisted, load_settings(SECTION))
 
@@ -247,6 +252,37 @@ class SegmentWidget(Container):
         self.result.value = ("cancelled; kept: " if cancelled else "") + _format_counts(counts)
         if cancelled:
             show_info(f"Segmentation of {request.name} cancelled; finished blocks are kept")
+        elif self.measure.value:
+            self.measure_cells(self.last_layer)
+
+    def measure_cells(self, labels) -> None:
+        """Count cells and tumor cellularity of a result (and of each region of the Shapes layer) in a worker."""
+        from .cellularity import labels_mpp, shapes_to_regions
+
+        shapes = self.shapes.value
+        regions = shapes_to_regions(shapes, labels) if shapes is not None and len(shapes.data) else []
+        source = list(labels.data) if labels.multiscale else labels.data
+        self.measurer.start(
+            lambda cancel: measure_job(source, regions, labels_mpp(labels), cancel),
+            on_done=lambda outcome: self._measured(labels, outcome),
+            on_error=lambda exc: show_error(f"Measuring the cells of {labels.name} failed: {exc}"),
+            label=labels.name,
+            describe=lambda e: (e.blocks_done, e.blocks_total, f"{e.cells:,} cells"),
+        )
+
+    def _measured(self, labels, outcome) -> None:
+        if outcome is None or isinstance(outcome, Cancelled):
+            return
+        readout = outcome.readout
+        labels.metadata["cellularity"] = {"whole": readout["whole"], "regions": readout["regions"]}
+        self.result.value = f"{self.result.value}\n{readout['text']}"
+        if self.cellularity_map.value:
+            from .cellularity import cellularity_image
+
+            name = f"{labels.name} tumor cellularity"
+            for layer in [layer for layer in self.viewer.layers if layer.name.startswith(name)]:
+                self.viewer.layers.remove(layer)
+            self.viewer.add_layer(cellularity_image(outcome.grid, labels, name=name))
 
 
 def _format_counts(counts: list[int]) -> str:
