@@ -243,9 +243,7 @@ def test_weights_of_a_different_config(tmp_path, saved):
 
 def test_finetune_from_fewer_classes_loads_all_but_the_classifier(tmp_path):
     three = _trained_like(ModelConfig.scaled(0.25, num_classes=3))
-    card = card_for(
-        three, mpp=0.5, classes=[{"index": i, "name": f"c{i}", "color": [i, i, i]} for i in range(3)]
-    )
+    card = card_for(three, mpp=0.5, classes=[{"index": i, "name": f"c{i}", "color": [i, i, i]} for i in range(3)])
     path = save_checkpoint(tmp_path / "three", three, card)
     assert finetune_config(path, num_classes=4) == ModelConfig.scaled(0.25)
     assert finetune_config(path) == ModelConfig.scaled(0.25, num_classes=3)

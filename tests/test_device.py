@@ -43,9 +43,7 @@ def test_unknown_device_strings(bad):
 @pytest.mark.skipif(HAS_CUDA, reason="machine has CUDA")
 @pytest.mark.parametrize("name", ["cuda", "cuda:1"])
 def test_cuda_requested_without_cuda(name):
-    with pytest.raises(
-        DeviceError, match=rf"'{name}' requested but CUDA is not available.*available: \['cpu'"
-    ):
+    with pytest.raises(DeviceError, match=rf"'{name}' requested but CUDA is not available.*available: \['cpu'"):
         select_device(name)
 
 

@@ -78,9 +78,7 @@ def test_normalisation_uses_config_mean_and_std():
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     model = build_model(ModelConfig.scaled(0.25)).train()
-    loss = torch.nn.functional.cross_entropy(
-        model(torch.rand(2, 3, 32, 32)), torch.randint(0, 4, (2, 32, 32))
-    )
+    loss = torch.nn.functional.cross_entropy(model(torch.rand(2, 3, 32, 32)), torch.randint(0, 4, (2, 32, 32)))
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
