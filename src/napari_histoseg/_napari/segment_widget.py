@@ -49,6 +49,7 @@ class SegmentWidget(Container):
         self.registry = registry_for(napari_viewer)
         self.runner = JobRunner("Segmenting")
         self.measurer = JobRunner("Measuring cells")
+        self._pending_measure = None
         self.last_outcome: SegmentOutcome | None = None
         self.last_layer = None
         self._target = None
@@ -259,6 +260,10 @@ class SegmentWidget(Container):
         """Count cells and tumor cellularity of a result (and of each region of the Shapes layer) in a worker."""
         from .cellularity import labels_mpp, shapes_to_regions
 
+        if self.measurer.running:  # measure the newest result once the older measurement has stopped
+            self._pending_measure = labels
+            self.measurer.cancel()
+            return
         shapes = self.shapes.value
         regions = shapes_to_regions(shapes, labels) if shapes is not None and len(shapes.data) else []
         source = list(labels.data) if labels.multiscale else labels.data
@@ -266,9 +271,15 @@ class SegmentWidget(Container):
             lambda cancel: measure_job(source, regions, labels_mpp(labels), cancel),
             on_done=lambda outcome: self._measured(labels, outcome),
             on_error=lambda exc: show_error(f"Measuring the cells of {labels.name} failed: {exc}"),
+            on_finished=self._measure_pending,
             label=labels.name,
             describe=lambda e: (e.blocks_done, e.blocks_total, f"{e.cells:,} cells"),
         )
+
+    def _measure_pending(self) -> None:
+        labels, self._pending_measure = self._pending_measure, None
+        if labels is not None:
+            self.measure_cells(labels)
 
     def _measured(self, labels, outcome) -> None:
         if outcome is None or isinstance(outcome, Cancelled):

@@ -156,13 +156,14 @@ class JobRunner:
 
         def yielded(event: Any) -> None:
             shown = describe(event)
-            if shown is not None and self._bar is not None:
+            bar = self._bar  # a local: updating the bar can process events that close it
+            if shown is not None and bar is not None:
                 done, total, text = shown
-                if self._bar.total != total:
-                    self._bar.total = total
-                self._bar.n = done
-                self._bar.set_description(f"{self.title} {label}: {text}".strip())
-                self._bar.refresh()
+                if bar.total != total:
+                    bar.total = total
+                bar.n = done
+                bar.set_description(f"{self.title} {label}: {text}".strip())
+                bar.refresh()
             if on_event is not None:
                 on_event(event)
 
