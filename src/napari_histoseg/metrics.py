@@ -40,6 +40,16 @@ from .postprocess import cells_from_labels
 
 _TYPES = (TUMOR, NON_TUMOR)
 
+#: The scalar scores of :meth:`SegmentationMetrics.compute`, in the order tables and CSV files show them.
+SCALAR_METRICS = (
+    "mean_f1",
+    "detection_f1",
+    "detection_precision",
+    "detection_recall",
+    "type_f1_tumor",
+    "type_f1_non_tumor",
+)
+
 
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
     if pred.shape != gt.shape or pred.ndim != 2:

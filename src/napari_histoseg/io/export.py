@@ -16,7 +16,6 @@ import contextlib
 import csv
 import json
 import logging
-import math
 import os
 import platform
 from collections.abc import Iterable
@@ -30,7 +29,9 @@ import numpy as np
 
 from ..cells import CellProgress, CellResult, CellTable, iter_cells, label_array
 from ..classes import CLASS_COLORS, CLASS_NAMES, NON_TUMOR, TUMOR
+from ..fileio import json_safe
 from ..measure import Cellularity, CellularityGrid
+from .store import ome_label_metadata
 
 log = logging.getLogger(__name__)
 
@@ -256,22 +257,8 @@ def build_summary(
 def write_summary_json(path: str | os.PathLike, summary: dict) -> Path:
     """Write a summary dict as JSON (NaN written as null)."""
     path = Path(path)
-    path.write_text(json.dumps(_json_safe(summary), indent=2))
+    path.write_text(json.dumps(json_safe(summary), indent=2))
     return path
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 # -- the slide outputs ------------------------------------------------------------------------------------------
@@ -500,25 +487,5 @@ def write_labels_ome_zarr(
                 if block.any():
                     array[y : y + block.shape[0], x : x + block.shape[1]] = block
     base = mpp or 1.0
-    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    if mpp:
-        for axis in axes:
-            axis["unit"] = "micrometer"
-    datasets = [
-        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [base * (1 << k)] * 2}]}
-        for k in range(len(levels))
-    ]
-    colors = [
-        {"label-value": i, "rgba": [*CLASS_COLORS[i].tolist(), 0 if i == 0 else 255]} for i in range(len(CLASS_NAMES))
-    ]
-    properties = [{"label-value": i, "class": name} for i, name in enumerate(CLASS_NAMES)]
-    group.attrs.update(
-        {
-            "ome": {
-                "version": "0.5",
-                "multiscales": [{"name": "labels", "axes": axes, "datasets": datasets}],
-                "image-label": {"colors": colors, "properties": properties},
-            }
-        }
-    )
+    group.attrs.update({"ome": ome_label_metadata(len(levels), (base, base), "micrometer" if mpp else None)})
     return path

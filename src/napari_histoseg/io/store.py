@@ -39,6 +39,30 @@ def pyramid_depth(shape: tuple[int, int], block: int, min_side: int = 256, min_b
     return levels
 
 
+def ome_label_metadata(n_levels: int, scale: tuple[float, float] = (1.0, 1.0), unit: str | None = None) -> dict:
+    """OME-NGFF 0.5 ``ome`` attributes of a class-label pyramid (levels "0", "1", ... halving each time)."""
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    if unit:
+        for axis in axes:
+            axis["unit"] = unit
+    datasets = [
+        {
+            "path": str(k),
+            "coordinateTransformations": [{"type": "scale", "scale": [scale[0] * (1 << k), scale[1] * (1 << k)]}],
+        }
+        for k in range(n_levels)
+    ]
+    colors = [
+        {"label-value": i, "rgba": [*CLASS_COLORS[i].tolist(), 0 if i == 0 else 255]} for i in range(len(CLASS_NAMES))
+    ]
+    properties = [{"label-value": i, "class": name} for i, name in enumerate(CLASS_NAMES)]
+    return {
+        "version": "0.5",
+        "multiscales": [{"name": "labels", "axes": axes, "datasets": datasets}],
+        "image-label": {"colors": colors, "properties": properties},
+    }
+
+
 def _block_counts(labels: np.ndarray) -> list[int]:
     return np.bincount(labels.ravel(), minlength=len(CLASS_NAMES))[: len(CLASS_NAMES)].tolist()
 
@@ -139,29 +163,9 @@ class LabelStore:
                 fill_value=0,
                 dimension_names=("y", "x", "c"),
             )
-        axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-        if unit:
-            for axis in axes:
-                axis["unit"] = unit
-        datasets = [
-            {
-                "path": str(k),
-                "coordinateTransformations": [{"type": "scale", "scale": [scale[0] * (1 << k), scale[1] * (1 << k)]}],
-            }
-            for k in range(n_levels)
-        ]
-        colors = [
-            {"label-value": i, "rgba": [*CLASS_COLORS[i].tolist(), 0 if i == 0 else 255]}
-            for i in range(len(CLASS_NAMES))
-        ]
-        properties = [{"label-value": i, "class": name} for i, name in enumerate(CLASS_NAMES)]
         group.attrs.update(
             {
-                "ome": {
-                    "version": "0.5",
-                    "multiscales": [{"name": "labels", "axes": axes, "datasets": datasets}],
-                    "image-label": {"colors": colors, "properties": properties},
-                },
+                "ome": ome_label_metadata(n_levels, scale, unit),
                 "histoseg": {
                     "shape": list(shape),
                     "block": block,

@@ -25,7 +25,7 @@ from ..classes import CLASS_NAMES
 from ..cleanup import open_labels
 from ..engine.device import autocast_for, prepare_model, select_device
 from ..fileio import json_safe
-from ..metrics import SegmentationMetrics
+from ..metrics import SCALAR_METRICS, SegmentationMetrics
 from .data import Sample, find_pairs, load_pairs
 from .dataset import EvalDataset
 
@@ -74,15 +74,7 @@ def format_metrics(metrics: dict) -> str:
         return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4f}"
 
     lines = [f"  Dice {name:<15} {f(d)}" for name, d in zip(CLASS_NAMES, metrics.get("dice", []), strict=False)]
-    for key in (
-        "mean_f1",
-        "detection_f1",
-        "detection_precision",
-        "detection_recall",
-        "type_f1_tumor",
-        "type_f1_non_tumor",
-        "val_loss",
-    ):
+    for key in (*SCALAR_METRICS, "val_loss"):
         if key in metrics:
             lines.append(f"  {key:<20} {f(metrics[key])}")
     if "n_true_cells" in metrics:

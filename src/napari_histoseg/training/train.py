@@ -47,6 +47,7 @@ from safetensors.torch import save as st_save
 from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..engine.device import select_device
 from ..fileio import atomic_write, json_safe
+from ..metrics import SCALAR_METRICS
 from ..model.checkpoint import card_for, finetune_config, load_matching_weights, save_checkpoint
 from ..model.resunetpp import ModelConfig, ResUNetPlusPlus, build_model, count_parameters
 from .data import find_pairs, load_pairs, split_by_image, weights_from_counts
@@ -64,6 +65,7 @@ DEFAULT_VAL_FRACTION = 0.2
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "max_steps", "val_every", "out"})
 STATE_FORMAT = "napari-histoseg-train-state/1"
 BEST, LAST, STATE = "best", "last", "state.safetensors"
+DICE_FIELDS = tuple(f"dice_{name.replace(' ', '_').replace('-', '_')}" for name in CLASS_NAMES)
 CSV_FIELDS = (
     "epoch",
     "global_step",
@@ -72,13 +74,8 @@ CSV_FIELDS = (
     "seconds",
     "val_loss",
     "score",
-    "mean_f1",
-    "detection_f1",
-    "detection_precision",
-    "detection_recall",
-    "type_f1_tumor",
-    "type_f1_non_tumor",
-    *(f"dice_{name.replace(' ', '_').replace('-', '_')}" for name in CLASS_NAMES),
+    *SCALAR_METRICS,
+    *DICE_FIELDS,
     "is_best",
 )
 
@@ -451,18 +448,10 @@ def _csv_row(
         "score": "" if not math.isfinite(score) else f"{score:.6g}",
         "is_best": int(is_best),
     }
-    for key in (
-        "val_loss",
-        "mean_f1",
-        "detection_f1",
-        "detection_precision",
-        "detection_recall",
-        "type_f1_tumor",
-        "type_f1_non_tumor",
-    ):
+    for key in ("val_loss", *SCALAR_METRICS):
         value = val.get(key)
         row[key] = "" if value is None or not math.isfinite(value) else f"{value:.6g}"
-    for name, value in zip(CSV_FIELDS[13:17], val.get("dice", [None] * 4), strict=False):
+    for name, value in zip(DICE_FIELDS, val.get("dice", [None] * 4), strict=False):
         row[name] = "" if value is None or not math.isfinite(value) else f"{value:.6g}"
     return row
 
