@@ -198,7 +198,8 @@ def _loaded(model_path):
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from .training.train import TrainConfig, TrainResult, run_training
+    from .training.config import TrainConfig
+    from .training.train import TrainResult, run_training
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     config = TrainConfig(**values)
@@ -235,7 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    from .training.train import TrainConfig
+    from .training.config import TrainConfig
 
     defaults = TrainConfig(train_dir="", out="")
     p = sub.add_parser("train", help="train or fine-tune a model on folder pairs (input/x.png + gt/x_gt.png)")
@@ -289,7 +290,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    from .training.train import DEFAULT_OPENING_RADIUS
+    from .training.evaluate import DEFAULT_OPENING_RADIUS
 
     p = sub.add_parser("evaluate", help="score a model on folder pairs: Dice, detection F1, type F1")
     p.add_argument("data_dir", help="folder with input/ and gt/ (and optional inst/ instance maps)")

@@ -157,7 +157,7 @@ class TrainWidget(Container):
     def config(self):
         """The :class:`TrainConfig` the form describes (raises ``ValueError`` naming the problem)."""
         from napari_histoseg.engine.jobs import default_model_path
-        from napari_histoseg.training.train import TrainConfig
+        from napari_histoseg.training.config import TrainConfig
 
         train_dir = str(self.train_dir.value)
         if not str(self.train_dir.value).strip() or not Path(train_dir).is_dir() or train_dir == ".":

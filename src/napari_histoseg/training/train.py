@@ -23,8 +23,6 @@ or ``val_loss`` (lower is better).
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import math
@@ -34,190 +32,41 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..engine.device import select_device
 from ..fileio import atomic_write, json_safe
-from ..metrics import SCALAR_METRICS
 from ..model.checkpoint import card_for, finetune_config, load_matching_weights, save_checkpoint
 from ..model.resunetpp import ModelConfig, ResUNetPlusPlus, build_model, count_parameters
+from .config import (
+    DEFAULT_VAL_FRACTION,
+    TrainConfig,
+    TrainConfigError,
+)
 from .data import find_pairs, load_pairs, split_by_image, weights_from_counts
 from .dataset import PatchDataset, default_num_workers, make_loader
-from .evaluate import DEFAULT_OPENING_RADIUS, EvalResult, evaluate_model
-
-log = logging.getLogger(__name__)
-
-OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
-SCHEDULERS = ("cosine", "plateau", "none")
-#: Metrics "best" can be chosen by; all higher-is-better except ``val_loss``.
-SELECT_METRICS = ("score", "mean_f1", "detection_f1", "type_f1_tumor", "type_f1_non_tumor", "val_loss")
-DEFAULT_VAL_FRACTION = 0.2
-#: Options that may change when a run is resumed (they do not change what is being trained).
-RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "max_steps", "val_every", "out"})
-STATE_FORMAT = "napari-histoseg-train-state/1"
-BEST, LAST, STATE = "best", "last", "state.safetensors"
-DICE_FIELDS = tuple(f"dice_{name.replace(' ', '_').replace('-', '_')}" for name in CLASS_NAMES)
-CSV_FIELDS = (
-    "epoch",
-    "global_step",
-    "train_loss",
-    "lr",
-    "seconds",
-    "val_loss",
-    "score",
-    *SCALAR_METRICS,
-    *DICE_FIELDS,
-    "is_best",
+from .evaluate import EvalResult, evaluate_model
+from .run_folder import (
+    BEST,
+    LAST,
+    STATE,
+    config_differences,
+    csv_row,
+    load_state,
+    read_metrics_csv,
+    restore_optimizer,
+    save_state,
+    write_csv,
 )
 
-
-class TrainConfigError(ValueError):
-    """A training configuration or run folder cannot be used; the message names the option or file."""
-
-
-@dataclass
-class TrainConfig:
-    """Every option of ``histoseg train``; JSON-serialisable (saved as ``RUN_DIR/config.json``).
-
-    - ``val_dir``: a separate validation folder. Without it, ``val_fraction`` of the training images (0 means
-      the default, 0.2) are held out as whole images; ``group_regex`` (its first group names the source image,
-      e.g. ``"^(.+)_\\d+$"`` for ``tile_003``) keeps patches cut from one image on one side.
-    - ``width``: width multiplier of the network (1.0 = 4.1 M parameters). With ``init`` and no ``width``, the
-      checkpoint's architecture is used.
-    - ``warmup``: steps of linear learning-rate warm-up. ``scheduler``: ``cosine`` decays per step to 1% of
-      ``lr`` at the last epoch; ``plateau`` halves it after 3 validations without improvement.
-    - ``samples_per_epoch``: patches per epoch (default: enough to tile every training image once).
-    - ``amp``: bf16 autocast on CUDA (ignored elsewhere). ``model_mpp``: microns per pixel of the training
-      images, stored in the model card so inference matches it (CoNSeP: 0.25).
-    - ``max_steps``: stop after this many optimizer steps in total (smoke tests, benchmarks).
-    """
-
-    train_dir: str
-    out: str
-    val_dir: str | None = None
-    val_fraction: float = 0.0
-    group_regex: str | None = None
-    epochs: int = 50
-    batch_size: int = 8
-    lr: float = 1e-4
-    patch: int = 256
-    optimizer: str = "rmsprop"
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"
-    warmup: int = 0
-    init: str | None = None
-    width: float | None = None
-    stain_jitter: float = 0.0
-    samples_per_epoch: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    num_workers: int | None = None
-    amp: bool = True
-    model_mpp: float | None = None
-    select_metric: str = "score"
-    val_every: int = 1
-    max_steps: int | None = None
-    opening_radius: int = DEFAULT_OPENING_RADIUS
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`TrainConfigError`."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TrainConfigError(f"unknown training options {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    def validated(self) -> TrainConfig:
-        """A copy with absolute paths, after checking every option; raises :class:`TrainConfigError`."""
-        c = TrainConfig(**self.to_dict())
-
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise TrainConfigError(message)
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        need(bool(c.train_dir) and Path(c.train_dir).is_dir(), f"training folder not found: {c.train_dir}")
-        need(bool(c.out), "an output run folder (out) is required")
-        need(not Path(c.out).exists() or Path(c.out).is_dir(), f"out {c.out} exists and is not a folder")
-        need(c.val_dir is None or Path(c.val_dir).is_dir(), f"validation folder not found: {c.val_dir}")
-        need(
-            is_num(c.val_fraction) and 0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1), got {c.val_fraction}"
-        )
-        need(
-            not (c.val_dir and c.val_fraction),
-            "give either a validation folder (val_dir) or a validation fraction, not both",
-        )
-        if c.group_regex is not None:
-            try:
-                need(re.compile(c.group_regex).groups >= 1, f"group_regex {c.group_regex!r} needs a group (...)")
-            except re.error as e:
-                raise TrainConfigError(f"group_regex {c.group_regex!r} is not a valid regular expression: {e}") from e
-        need(is_int(c.epochs) and c.epochs >= 1, f"epochs must be a positive integer, got {c.epochs!r}")
-        need(is_int(c.batch_size) and c.batch_size >= 1, f"batch_size must be a positive integer, got {c.batch_size!r}")
-        need(is_num(c.lr) and c.lr > 0, f"lr must be a positive number, got {c.lr!r}")
-        need(is_int(c.patch) and c.patch >= 8 and c.patch % 8 == 0, f"patch must be a multiple of 8, got {c.patch!r}")
-        need(c.optimizer in OPTIMIZERS, f"unknown optimizer {c.optimizer!r}; choose one of {OPTIMIZERS}")
-        need(is_num(c.weight_decay) and c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay!r}")
-        need(c.scheduler in SCHEDULERS, f"unknown scheduler {c.scheduler!r}; choose one of {SCHEDULERS}")
-        need(is_int(c.warmup) and c.warmup >= 0, f"warmup must be a number of steps >= 0, got {c.warmup!r}")
-        need(
-            c.init is None or Path(c.init).exists() or Path(c.init + ".safetensors").exists(),
-            f"init checkpoint not found: {c.init}",
-        )
-        need(c.width is None or (is_num(c.width) and 0 < c.width <= 16), f"width must be in (0, 16], got {c.width!r}")
-        need(
-            is_num(c.stain_jitter) and 0 <= c.stain_jitter < 1,
-            f"stain_jitter must be in [0, 1), got {c.stain_jitter!r}",
-        )
-        need(
-            c.samples_per_epoch is None or (is_int(c.samples_per_epoch) and c.samples_per_epoch >= 1),
-            f"samples_per_epoch must be a positive integer, got {c.samples_per_epoch!r}",
-        )
-        need(is_int(c.seed), f"seed must be an integer, got {c.seed!r}")
-        need(
-            c.num_workers is None or (is_int(c.num_workers) and c.num_workers >= 0),
-            f"num_workers must be >= 0, got {c.num_workers!r}",
-        )
-        need(
-            c.model_mpp is None or (is_num(c.model_mpp) and c.model_mpp > 0),
-            f"model_mpp must be positive, got {c.model_mpp!r}",
-        )
-        need(
-            c.select_metric in SELECT_METRICS,
-            f"unknown select_metric {c.select_metric!r}; choose one of {SELECT_METRICS}",
-        )
-        need(is_int(c.val_every) and c.val_every >= 1, f"val_every must be a positive integer, got {c.val_every!r}")
-        need(
-            c.max_steps is None or (is_int(c.max_steps) and c.max_steps >= 1),
-            f"max_steps must be positive, got {c.max_steps!r}",
-        )
-        need(
-            is_int(c.opening_radius) and c.opening_radius >= 0, f"opening_radius must be >= 0, got {c.opening_radius!r}"
-        )
-        c.amp = bool(c.amp)
-        c.train_dir = str(Path(c.train_dir).resolve())
-        c.out = str(Path(c.out).resolve())
-        c.val_dir = None if c.val_dir is None else str(Path(c.val_dir).resolve())
-        c.init = None if c.init is None else str(Path(c.init).resolve())
-        return c
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -379,100 +228,6 @@ def _build_model(config: TrainConfig) -> tuple[ResUNetPlusPlus, dict | None]:
     return model, {"checkpoint": config.init, "loaded": len(report["loaded"]), "skipped": report["skipped"]}
 
 
-# --- state (resume) --------------------------------------------------------------------------------------------
-
-
-def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: dict) -> None:
-    """Weights, optimizer tensors and RNG state as safetensors; everything else as JSON metadata. No pickle."""
-    tensors: dict[str, torch.Tensor] = {
-        f"model/{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
-    }
-    opt = optimizer.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, entries in opt["state"].items():
-        for key, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim/{index}/{key}"] = value.detach().to("cpu").contiguous().clone()
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    tensors["rng/torch"] = torch.get_rng_state()
-    info = {
-        **info,
-        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars, "indices": list(map(int, opt["state"]))},
-    }
-    data = st_save(tensors, metadata={"format": STATE_FORMAT, "state": json.dumps(info)})
-    atomic_write(path, data)
-
-
-def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    try:
-        data = path.read_bytes()
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-        if metadata.get("format") != STATE_FORMAT:
-            raise ValueError(f"format {metadata.get('format')!r}, expected {STATE_FORMAT!r}")
-        return tensors, json.loads(metadata["state"])
-    except Exception as e:  # noqa: BLE001 -- any decoding problem means the same thing to the user
-        raise TrainConfigError(f"{path}: cannot resume from this state file ({type(e).__name__}: {e})") from e
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict) -> None:
-    state: dict[int, dict[str, Any]] = {i: {} for i in info["indices"]}
-    for name, tensor in tensors.items():
-        if name.startswith("optim/"):
-            _, index, key = name.split("/", 2)
-            state[int(index)][key] = tensor
-    for index, entries in info["scalars"].items():
-        state[int(index)].update(entries)
-    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-
-
-# --- run folder ------------------------------------------------------------------------------------------------
-
-
-def _config_differences(saved: dict, current: dict) -> list[str]:
-    keys = sorted((set(saved) | set(current)) - RESUMABLE_CHANGES)
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
-
-
-def _csv_row(
-    epoch: int, global_step: int, train_loss: float, lr: float, seconds: float, val: dict, is_best: bool, score: float
-) -> dict:
-    row: dict[str, Any] = {
-        "epoch": epoch,
-        "global_step": global_step,
-        "train_loss": f"{train_loss:.6g}",
-        "lr": f"{lr:.6g}",
-        "seconds": f"{seconds:.2f}",
-        "score": "" if not math.isfinite(score) else f"{score:.6g}",
-        "is_best": int(is_best),
-    }
-    for key in ("val_loss", *SCALAR_METRICS):
-        value = val.get(key)
-        row[key] = "" if value is None or not math.isfinite(value) else f"{value:.6g}"
-    for name, value in zip(DICE_FIELDS, val.get("dice", [None] * 4), strict=False):
-        row[name] = "" if value is None or not math.isfinite(value) else f"{value:.6g}"
-    return row
-
-
-def read_metrics_csv(run_dir: str | Path) -> list[dict[str, str]]:
-    """The rows of ``RUN_DIR/metrics.csv`` (empty when there is none)."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, buffer.getvalue().encode())
-
-
 # --- the loop --------------------------------------------------------------------------------------------------
 
 
@@ -499,7 +254,7 @@ def train(
         if not state_path.is_file():
             raise TrainConfigError(f"{run_dir}: nothing to resume (no {STATE}); start a new run without --resume")
         saved = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        differences = _config_differences(saved, config.to_dict())
+        differences = config_differences(saved, config.to_dict())
         if differences:
             raise TrainConfigError(
                 f"{config_path}: --resume needs the same options as the run (only epochs, device, num_workers, "
@@ -524,7 +279,7 @@ def train(
     tensors: dict[str, torch.Tensor] = {}
     info: dict[str, Any] = {}
     if resume:
-        tensors, info = _load_state(state_path)
+        tensors, info = load_state(state_path)
         model = build_model(ModelConfig.from_dict(info["model_config"]))
         model.load_state_dict({k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")})
         init_report = info.get("init_report")
@@ -538,7 +293,7 @@ def train(
             "class_weights": [float(w) for w in class_weights],
         }
         atomic_write(run_dir / "class_weights.json", (json.dumps(summary, indent=2) + "\n").encode())
-        _write_csv(run_dir / "metrics.csv", [])
+        write_csv(run_dir / "metrics.csv", [])
 
     # channels_last only on CUDA: on CPU, oneDNN's 1x1-convolution weight gradient (torch 2.13, AVX-512)
     # crashes with channels_last at narrow widths, and the layout gains little there.
@@ -554,7 +309,7 @@ def train(
     best_score, best_epoch, best_metrics = float("-inf"), 0, {}
     history: list[dict] = []
     if resume:
-        _restore_optimizer(optimizer, tensors, info["optimizer"])
+        restore_optimizer(optimizer, tensors, info["optimizer"])
         if plateau is not None and info.get("plateau"):
             plateau.load_state_dict(info["plateau"])
         torch.set_rng_state(tensors["rng/torch"])
@@ -562,7 +317,7 @@ def train(
         best_score = info["best_score"] if info["best_score"] is not None else float("-inf")
         best_epoch, best_metrics = info["best_epoch"], info["best_metrics"]
         rows = [r for r in read_metrics_csv(run_dir) if int(r["epoch"]) <= info["epoch"]]
-        _write_csv(run_dir / "metrics.csv", rows)  # drop rows of an epoch whose state was never saved
+        write_csv(run_dir / "metrics.csv", rows)  # drop rows of an epoch whose state was never saved
         history = info.get("history", [])
     del tensors
 
@@ -695,12 +450,12 @@ def train(
             history.append({"epoch": epoch, "train_loss": train_loss, "score": json_safe(score)})
             with _hold_interrupts():
                 rows = read_metrics_csv(run_dir)
-                rows.append(_csv_row(epoch, global_step, train_loss, lr, seconds, val, is_best, score))
-                _write_csv(run_dir / "metrics.csv", rows)
+                rows.append(csv_row(epoch, global_step, train_loss, lr, seconds, val, is_best, score))
+                write_csv(run_dir / "metrics.csv", rows)
                 if is_best:
                     best_path = save_model(BEST, epoch, val, score)
                 last_path = save_model(LAST, epoch, val, score)
-                _save_state(
+                save_state(
                     state_path,
                     model,
                     optimizer,

@@ -1,0 +1,159 @@
+"""What a training run is asked to do: :class:`TrainConfig`, validated, JSON-serialisable (``RUN_DIR/config.json``)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .evaluate import DEFAULT_OPENING_RADIUS
+
+OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
+SCHEDULERS = ("cosine", "plateau", "none")
+#: Metrics "best" can be chosen by; all higher-is-better except ``val_loss``.
+SELECT_METRICS = ("score", "mean_f1", "detection_f1", "type_f1_tumor", "type_f1_non_tumor", "val_loss")
+DEFAULT_VAL_FRACTION = 0.2
+#: Options that may change when a run is resumed (they do not change what is being trained).
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "max_steps", "val_every", "out"})
+
+
+class TrainConfigError(ValueError):
+    """A training configuration or run folder cannot be used; the message names the option or file."""
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``histoseg train``; JSON-serialisable (saved as ``RUN_DIR/config.json``).
+
+    - ``val_dir``: a separate validation folder. Without it, ``val_fraction`` of the training images (0 means
+      the default, 0.2) are held out as whole images; ``group_regex`` (its first group names the source image,
+      e.g. ``"^(.+)_\\d+$"`` for ``tile_003``) keeps patches cut from one image on one side.
+    - ``width``: width multiplier of the network (1.0 = 4.1 M parameters). With ``init`` and no ``width``, the
+      checkpoint's architecture is used.
+    - ``warmup``: steps of linear learning-rate warm-up. ``scheduler``: ``cosine`` decays per step to 1% of
+      ``lr`` at the last epoch; ``plateau`` halves it after 3 validations without improvement.
+    - ``samples_per_epoch``: patches per epoch (default: enough to tile every training image once).
+    - ``amp``: bf16 autocast on CUDA (ignored elsewhere). ``model_mpp``: microns per pixel of the training
+      images, stored in the model card so inference matches it (CoNSeP: 0.25).
+    - ``max_steps``: stop after this many optimizer steps in total (smoke tests, benchmarks).
+    """
+
+    train_dir: str
+    out: str
+    val_dir: str | None = None
+    val_fraction: float = 0.0
+    group_regex: str | None = None
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-4
+    patch: int = 256
+    optimizer: str = "rmsprop"
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    warmup: int = 0
+    init: str | None = None
+    width: float | None = None
+    stain_jitter: float = 0.0
+    samples_per_epoch: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int | None = None
+    amp: bool = True
+    model_mpp: float | None = None
+    select_metric: str = "score"
+    val_every: int = 1
+    max_steps: int | None = None
+    opening_radius: int = DEFAULT_OPENING_RADIUS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`TrainConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise TrainConfigError(f"unknown training options {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def validated(self) -> TrainConfig:
+        """A copy with absolute paths, after checking every option; raises :class:`TrainConfigError`."""
+        c = TrainConfig(**self.to_dict())
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise TrainConfigError(message)
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(bool(c.train_dir) and Path(c.train_dir).is_dir(), f"training folder not found: {c.train_dir}")
+        need(bool(c.out), "an output run folder (out) is required")
+        need(not Path(c.out).exists() or Path(c.out).is_dir(), f"out {c.out} exists and is not a folder")
+        need(c.val_dir is None or Path(c.val_dir).is_dir(), f"validation folder not found: {c.val_dir}")
+        need(
+            is_num(c.val_fraction) and 0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1), got {c.val_fraction}"
+        )
+        need(
+            not (c.val_dir and c.val_fraction),
+            "give either a validation folder (val_dir) or a validation fraction, not both",
+        )
+        if c.group_regex is not None:
+            try:
+                need(re.compile(c.group_regex).groups >= 1, f"group_regex {c.group_regex!r} needs a group (...)")
+            except re.error as e:
+                raise TrainConfigError(f"group_regex {c.group_regex!r} is not a valid regular expression: {e}") from e
+        need(is_int(c.epochs) and c.epochs >= 1, f"epochs must be a positive integer, got {c.epochs!r}")
+        need(is_int(c.batch_size) and c.batch_size >= 1, f"batch_size must be a positive integer, got {c.batch_size!r}")
+        need(is_num(c.lr) and c.lr > 0, f"lr must be a positive number, got {c.lr!r}")
+        need(is_int(c.patch) and c.patch >= 8 and c.patch % 8 == 0, f"patch must be a multiple of 8, got {c.patch!r}")
+        need(c.optimizer in OPTIMIZERS, f"unknown optimizer {c.optimizer!r}; choose one of {OPTIMIZERS}")
+        need(is_num(c.weight_decay) and c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay!r}")
+        need(c.scheduler in SCHEDULERS, f"unknown scheduler {c.scheduler!r}; choose one of {SCHEDULERS}")
+        need(is_int(c.warmup) and c.warmup >= 0, f"warmup must be a number of steps >= 0, got {c.warmup!r}")
+        need(
+            c.init is None or Path(c.init).exists() or Path(c.init + ".safetensors").exists(),
+            f"init checkpoint not found: {c.init}",
+        )
+        need(c.width is None or (is_num(c.width) and 0 < c.width <= 16), f"width must be in (0, 16], got {c.width!r}")
+        need(
+            is_num(c.stain_jitter) and 0 <= c.stain_jitter < 1,
+            f"stain_jitter must be in [0, 1), got {c.stain_jitter!r}",
+        )
+        need(
+            c.samples_per_epoch is None or (is_int(c.samples_per_epoch) and c.samples_per_epoch >= 1),
+            f"samples_per_epoch must be a positive integer, got {c.samples_per_epoch!r}",
+        )
+        need(is_int(c.seed), f"seed must be an integer, got {c.seed!r}")
+        need(
+            c.num_workers is None or (is_int(c.num_workers) and c.num_workers >= 0),
+            f"num_workers must be >= 0, got {c.num_workers!r}",
+        )
+        need(
+            c.model_mpp is None or (is_num(c.model_mpp) and c.model_mpp > 0),
+            f"model_mpp must be positive, got {c.model_mpp!r}",
+        )
+        need(
+            c.select_metric in SELECT_METRICS,
+            f"unknown select_metric {c.select_metric!r}; choose one of {SELECT_METRICS}",
+        )
+        need(is_int(c.val_every) and c.val_every >= 1, f"val_every must be a positive integer, got {c.val_every!r}")
+        need(
+            c.max_steps is None or (is_int(c.max_steps) and c.max_steps >= 1),
+            f"max_steps must be positive, got {c.max_steps!r}",
+        )
+        need(
+            is_int(c.opening_radius) and c.opening_radius >= 0, f"opening_radius must be >= 0, got {c.opening_radius!r}"
+        )
+        c.amp = bool(c.amp)
+        c.train_dir = str(Path(c.train_dir).resolve())
+        c.out = str(Path(c.out).resolve())
+        c.val_dir = None if c.val_dir is None else str(Path(c.val_dir).resolve())
+        c.init = None if c.init is None else str(Path(c.init).resolve())
+        return c

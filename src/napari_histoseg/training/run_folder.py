@@ -1,0 +1,123 @@
+"""The files of a run folder: the resumable training state (no pickle) and the per-epoch metrics CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..classes import CLASS_NAMES
+from ..fileio import atomic_write
+from ..metrics import SCALAR_METRICS
+from .config import RESUMABLE_CHANGES, TrainConfigError
+
+STATE_FORMAT = "napari-histoseg-train-state/1"
+BEST, LAST, STATE = "best", "last", "state.safetensors"
+DICE_FIELDS = tuple(f"dice_{name.replace(' ', '_').replace('-', '_')}" for name in CLASS_NAMES)
+CSV_FIELDS = (
+    "epoch",
+    "global_step",
+    "train_loss",
+    "lr",
+    "seconds",
+    "val_loss",
+    "score",
+    *SCALAR_METRICS,
+    *DICE_FIELDS,
+    "is_best",
+)
+
+
+def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: dict) -> None:
+    """Weights, optimizer tensors and RNG state as safetensors; everything else as JSON metadata. No pickle."""
+    tensors: dict[str, torch.Tensor] = {
+        f"model/{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+    }
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in opt["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{index}/{key}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    tensors["rng/torch"] = torch.get_rng_state()
+    info = {
+        **info,
+        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars, "indices": list(map(int, opt["state"]))},
+    }
+    data = st_save(tensors, metadata={"format": STATE_FORMAT, "state": json.dumps(info)})
+    atomic_write(path, data)
+
+
+def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        data = path.read_bytes()
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+        if metadata.get("format") != STATE_FORMAT:
+            raise ValueError(f"format {metadata.get('format')!r}, expected {STATE_FORMAT!r}")
+        return tensors, json.loads(metadata["state"])
+    except Exception as e:  # noqa: BLE001 -- any decoding problem means the same thing to the user
+        raise TrainConfigError(f"{path}: cannot resume from this state file ({type(e).__name__}: {e})") from e
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    state: dict[int, dict[str, Any]] = {i: {} for i in info["indices"]}
+    for name, tensor in tensors.items():
+        if name.startswith("optim/"):
+            _, index, key = name.split("/", 2)
+            state[int(index)][key] = tensor
+    for index, entries in info["scalars"].items():
+        state[int(index)].update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    keys = sorted((set(saved) | set(current)) - RESUMABLE_CHANGES)
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+
+
+def csv_row(
+    epoch: int, global_step: int, train_loss: float, lr: float, seconds: float, val: dict, is_best: bool, score: float
+) -> dict:
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "global_step": global_step,
+        "train_loss": f"{train_loss:.6g}",
+        "lr": f"{lr:.6g}",
+        "seconds": f"{seconds:.2f}",
+        "score": "" if not math.isfinite(score) else f"{score:.6g}",
+        "is_best": int(is_best),
+    }
+    for key in ("val_loss", *SCALAR_METRICS):
+        value = val.get(key)
+        row[key] = "" if value is None or not math.isfinite(value) else f"{value:.6g}"
+    for name, value in zip(DICE_FIELDS, val.get("dice", [None] * 4), strict=False):
+        row[name] = "" if value is None or not math.isfinite(value) else f"{value:.6g}"
+    return row
+
+
+def read_metrics_csv(run_dir: str | Path) -> list[dict[str, str]]:
+    """The rows of ``RUN_DIR/metrics.csv`` (empty when there is none)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buffer.getvalue().encode())
