@@ -185,3 +185,27 @@ def test_window_grid_covers_the_image_with_monai_positions():
     assert set(grid.positions(4096)) - set(starts) == {
         p for p in grid.positions(4096) if not (p < 1200 and p + 256 > 1000)
     }
+
+
+def test_out_of_memory_retries_with_a_smaller_batch(tissue_image, model):
+    class Picky(torch.nn.Module):
+        """Raises CUDA's out-of-memory error for batches above 2, as a full GPU would."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config, self.sizes = inner, inner.config, []
+
+        def forward(self, x):
+            self.sizes.append(x.shape[0])
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.inner(x)
+
+    picky = Picky(model)
+    image = tissue_image[:512, :512]
+    settings = InferenceSettings(block=512, skip_background=False, batch_size=8)
+    predictor = BlockPredictor(picky, torch.device("cpu"), tile=256, batch_size=8)
+    result = run(segment(image, predictor, ArraySink(image.shape[:2]), settings, PLAN))
+    assert predictor.batch_size == 2 and picky.sizes[:3] == [8, 4, 2]
+    expected = segment_in_memory(image, model, block=512, batch_size=2)
+    np.testing.assert_array_equal(result.labels, expected.labels)
