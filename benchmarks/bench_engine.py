@@ -191,6 +191,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--memory-width", type=float, default=0.25, help="model width for the memory runs")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", choices=("throughput", "memory"), help="run one section")
+    parser.add_argument("--no-monai-memory", action="store_true", help="memory section: our engine only")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -211,12 +213,21 @@ def main() -> None:
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    if args.only != "memory":
+        throughput(small, args.device)
+    if args.only != "throughput":
+        memory(small, large, args.memory_width, args.device, monai=not args.no_monai_memory)
+    if torch.cuda.is_available() and args.only is None:
+        gpu(large)
+
+
+def throughput(small: int, device: str) -> None:
     print(f"\n== throughput at {small} x {small}, default-width ResUNet++ (random weights) ==")
     jpeg_tiff(small)
     rows = {
-        "ours (in memory)": spawn("ours", str(small), "1", "memory", args.device),
-        "ours (JPEG TIFF -> zarr)": spawn("ours", str(small), "1", "tiff", args.device),
-        "MONAI sliding_window_inference": spawn("monai", str(small), "1", args.device),
+        "ours (in memory)": spawn("ours", str(small), "1", "memory", device),
+        "ours (JPEG TIFF -> zarr)": spawn("ours", str(small), "1", "tiff", device),
+        "MONAI sliding_window_inference": spawn("monai", str(small), "1", device),
     }
     for name, r in rows.items():
         print(
@@ -226,29 +237,35 @@ def main() -> None:
     for name in ("ours (in memory)", "ours (JPEG TIFF -> zarr)"):
         r = rows[name]
         print(f"ratio {name} / MONAI: {r['windows'] / r['seconds'] / monai_rate:.2f}x")
+    monai_s = rows["MONAI sliding_window_inference"]["seconds"]
+    print(f"wall time to the labels, ours (in memory) / MONAI: {rows['ours (in memory)']['seconds'] / monai_s:.2f}x")
 
-    print(f"\n== peak resident memory (model width {args.memory_width}) ==")
+
+def memory(small: int, large: int, width: float, device: str, monai: bool = True) -> None:
+    print(f"\n== peak resident memory (model width {width}) ==")
     jpeg_tiff(large)
     mem = {}
     for size in (small, large):
-        mem[("ours", size)] = spawn("ours", str(size), str(args.memory_width), "tiff", args.device)
-        mem[("monai", size)] = spawn("monai", str(size), str(args.memory_width), args.device)
-        for who in ("ours", "monai"):
+        mem[("ours", size)] = spawn("ours", str(size), str(width), "tiff", device)
+        if monai:
+            mem[("monai", size)] = spawn("monai", str(size), str(width), device)
+        for who in ("ours", "monai") if monai else ("ours",):
             r = mem[(who, size)]
             print(
                 f"{who:6s} {size:6d} px: peak RSS {r['peak_rss_mb']:8.0f} MB "
                 f"(before the run {r['baseline_mb']:6.0f} MB)  {r['windows'] / r['seconds']:6.1f} windows/s"
             )
-    for who in ("ours", "monai"):
+    for who in ("ours", "monai") if monai else ("ours",):
         ratio = mem[(who, large)]["peak_rss_mb"] / mem[(who, small)]["peak_rss_mb"]
         print(f"{who}: peak RSS at {large} / at {small} = {ratio:.2f}x")
 
-    if torch.cuda.is_available():
-        print("\n== GPU ==")
-        r = spawn("ours", str(large), "1", "tiff", "cuda")
-        print(f"end-to-end from a JPEG pyramid: {r['windows'] / r['seconds']:.0f} windows/s")
-        r = spawn("gpu", str(large), "1")
-        print(f"synthetic in-memory input:      {r['windows'] / r['seconds']:.0f} windows/s")
+
+def gpu(large: int) -> None:
+    print("\n== GPU ==")
+    r = spawn("ours", str(large), "1", "tiff", "cuda")
+    print(f"end-to-end from a JPEG pyramid: {r['windows'] / r['seconds']:.0f} windows/s")
+    r = spawn("gpu", str(large), "1")
+    print(f"synthetic in-memory input:      {r['windows'] / r['seconds']:.0f} windows/s")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .infer import (
     RunTally,
     all_blocks,
     core_counts,
+    limit_heap_growth,
     read_block,
     segment_block,
 )
@@ -64,6 +65,7 @@ class ModelPlugin(WorkerPlugin):
         from ..model.checkpoint import load_checkpoint
         from .jobs import make_predictor
 
+        limit_heap_growth()
         model, _ = load_checkpoint(self.checkpoint)
         self.predictor = make_predictor(model, self.settings)
         self.slides: dict[str, object] = {}
