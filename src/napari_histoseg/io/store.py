@@ -63,6 +63,12 @@ def ome_label_metadata(n_levels: int, scale: tuple[float, float] = (1.0, 1.0), u
     }
 
 
+def _block_labels(core: tuple[int, int, int, int], labels: np.ndarray | None) -> np.ndarray:
+    """A block's labels; ``None`` stands for all background."""
+    y0, x0, y1, x1 = core
+    return np.zeros((y1 - y0, x1 - x0), np.uint8) if labels is None else labels
+
+
 def _block_counts(labels: np.ndarray) -> list[int]:
     return np.bincount(labels.ravel(), minlength=len(CLASS_NAMES))[: len(CLASS_NAMES)].tolist()
 
@@ -87,8 +93,7 @@ class ArraySink:
     ) -> None:
         """Store a finished block; ``labels=None`` means all background."""
         y0, x0, y1, x1 = core
-        if labels is None:
-            labels = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        labels = _block_labels(core, labels)
         self.labels[y0:y1, x0:x1] = labels
         if self.probabilities is not None and probs is not None:
             self.probabilities[y0:y1, x0:x1] = probs
@@ -218,12 +223,9 @@ class LabelStore:
     ) -> None:
         """Write a finished block (all pyramid levels) and then record it. ``labels=None``: all background."""
         y0, x0, y1, x1 = core
-        if labels is None:
-            counts = [(y1 - y0) * (x1 - x0)] + [0] * (len(CLASS_NAMES) - 1)
-            # Fill value is background, but a resumed or overwritten region may hold old data: clear it.
-            labels = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        else:
-            counts = _block_counts(labels)
+        # All background is written too: a resumed or overwritten region may hold old data.
+        labels = _block_labels(core, labels)
+        counts = _block_counts(labels)
         for k, level in enumerate(self.levels):
             step = 1 << k
             level[
