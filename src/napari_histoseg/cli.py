@@ -160,7 +160,7 @@ def _add_predict(sub) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .engine.jobs import default_model_path
+    from .engine.jobs import default_model_path, load_model
     from .samples import sample_path
 
     model = default_model_path()
@@ -172,7 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ["predict", str(sample_path()), "--out", str(out / "cmu-1-small-region.zarr"), "--json", "--overwrite"]
         + (["--device", args.device] if args.device else [])
     )
-    summary = _predict_slide(predict, *_loaded(model), _settings(predict))
+    summary = _predict_slide(predict, *load_model(model), _settings(predict))
     counts = summary["pixels_per_class"]
     cellularity = summary["cellularity"]
     if args.json:
@@ -187,12 +187,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name, path in summary["files"].items():
         print(f"  {name}: {path}")
     return 0
-
-
-def _loaded(model_path):
-    from .engine.jobs import load_model
-
-    return load_model(model_path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -71,8 +71,7 @@ def tissue_test(mask: np.ndarray, mask_downsample: float, output_downsample: flo
     return has_tissue
 
 
-def _check_model_fits(name: str, shape: tuple[int, int], settings: InferenceSettings, model) -> None:
-    divisor = model.config.divisor
+def _check_model_fits(name: str, shape: tuple[int, int], settings: InferenceSettings, divisor: int) -> None:
     if settings.tile % divisor:
         raise SegmentationError(f"tile {settings.tile} must be a multiple of {divisor} for this model")
     if min(shape) < 1:
@@ -95,7 +94,7 @@ def segment_image(
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise SegmentationError(f"{name}: expected an RGB image (H, W, 3), got shape {image.shape}")
-    _check_model_fits(name, image.shape[:2], settings, model)
+    _check_model_fits(name, image.shape[:2], settings, model.config.divisor)
     # An image without a stated resolution is taken to be at the model's (tiles, patches).
     plan = plan_resolution([mpp or card.mpp], card.mpp)
     predictor = make_predictor(model, settings)
@@ -138,8 +137,7 @@ def prepare_slide_job(
         warnings.warn(f"{slide.path.name}: {plan.warning}", stacklevel=3)
     image = slide.levels[plan.level]
     shape = (int(image.shape[0]), int(image.shape[1]))
-    if settings.tile % divisor:
-        raise SegmentationError(f"tile {settings.tile} must be a multiple of {divisor} for this model")
+    _check_model_fits(slide.path.name, shape, settings, divisor)
     downsample = slide.downsample(plan.level)
     tissue = tissue_mask(slide) if settings.skip_background else None
     result_settings = {
