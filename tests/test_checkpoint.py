@@ -285,3 +285,18 @@ def test_finetune_checks_the_sha(tmp_path, saved):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
         load_matching_weights(build_model(TINY), path)
+
+
+def test_logit_bias_round_trips_and_is_checked(tmp_path):
+    model = _trained_like()
+    card = card_for(model, mpp=0.25, logit_bias=[0.0, -2.5, -3.0, -2.5])
+    path = save_checkpoint(tmp_path / "biased", model, card)
+    assert read_card(path).logit_bias == [0.0, -2.5, -3.0, -2.5]
+    with pytest.raises(ValueError, match="logit biases"):
+        card_for(model, mpp=0.25, logit_bias=[0.0, 1.0])
+    d = card.to_dict()
+    for bad in ([0.0, 1.0], [0.0, float("nan"), 0.0, 0.0], "0,0,0,0"):
+        with pytest.raises(ValueError, match="logit_bias"):
+            ModelCard.from_dict({**d, "logit_bias": bad})
+    del d["logit_bias"]  # a card written before the field existed
+    assert ModelCard.from_dict(d).logit_bias == []

@@ -107,6 +107,17 @@ def test_progress_events_and_probabilities(tissue_image, model):
     assert (unopened[kept] == result.labels[kept]).mean() > 0.9999  # normalising can create exact ties
 
 
+def test_logit_bias_shifts_the_blended_decision(tissue_image, model):
+    image = torch.from_numpy(tissue_image[:256, :256].copy()).permute(2, 0, 1).float() / 255
+    plain = BlockPredictor(model, torch.device("cpu"), tile=256).predict(image, [(0, 0)])
+    same = BlockPredictor(model, torch.device("cpu"), tile=256, logit_bias=[5.0] * 4).predict(image, [(0, 0)])
+    torch.testing.assert_close(plain, same)  # a constant shift changes nothing
+    boundary = BlockPredictor(model, torch.device("cpu"), tile=256, logit_bias=[0, 0, 0, 1e4]).predict(image, [(0, 0)])
+    assert (boundary.argmax(0) == 3).all()
+    with pytest.raises(ValueError, match="logit_bias needs 4"):
+        BlockPredictor(model, torch.device("cpu"), tile=256, logit_bias=[1.0])
+
+
 def test_background_blocks_are_skipped(tissue_image, model):
     settings = InferenceSettings(block=256, opening_radius=1)
     predictor = BlockPredictor(model, torch.device("cpu"), tile=256)

@@ -105,6 +105,22 @@ def test_opening_removes_specks_before_scoring():
     assert opened["dice"][1] > raw["dice"][1]
 
 
+def test_logit_bias_decides_the_classes():
+    data = samples([64])
+    weights = [1, 10, 10, 10]
+    plain = run(evaluate_model(ColourOracle(), data, device="cpu", class_weights=weights))[-1]
+    # A bias far larger than the oracle's margins makes every pixel background: no cells are predicted.
+    biased = run(evaluate_model(ColourOracle(), data, device="cpu", class_weights=weights, logit_bias=[1e4, 0, 0, 0]))[
+        -1
+    ]
+    assert plain.metrics["n_pred_cells"] > 0 and biased.metrics["n_pred_cells"] == 0
+    assert biased.settings["logit_bias"] == [1e4, 0, 0, 0]
+    # The loss stays the training loss of the raw logits.
+    assert biased.metrics["val_loss"] == pytest.approx(plain.metrics["val_loss"])
+    windowed = run(evaluate_model(ColourOracle(), data, device="cpu", whole_max=32, logit_bias=[1e4, 0, 0, 0]))[-1]
+    assert windowed.metrics["n_pred_cells"] == 0
+
+
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="at least one image"):
         list(evaluate_model(ColourOracle(), [], device="cpu"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -81,6 +82,8 @@ def test_overfits_two_images(data, tmp_path):
     best_card = read_card(result.best_checkpoint)
     assert best_card.mpp == 0.25
     assert best_card.training["epoch"] == result.best_epoch
+    # The card undoes the weighted loss's prior shift at inference: logit bias -log(w_c).
+    assert best_card.logit_bias == pytest.approx([-math.log(w) for w in start.class_weights])
     assert best_card.metrics["mean_f1"] == pytest.approx(result.best_metrics["mean_f1"])
     assert int(rows[result.best_epoch - 1]["is_best"]) == 1
     model, _ = load_checkpoint(result.best_checkpoint)

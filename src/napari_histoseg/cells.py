@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours
 
 from .classes import NON_TUMOR, TUMOR
-from .postprocess import cells_from_labels
+from .postprocess import DEFAULT_MIN_AREA, cells_from_labels
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def iter_cells(
     level: int = 0,
     block: int = 2048,
     halo: int = 64,
-    min_area: int = 4,
+    min_area: int = DEFAULT_MIN_AREA,
     expand: float = 3.0,
     split: bool = True,
     polygons: bool = False,

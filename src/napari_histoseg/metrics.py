@@ -36,7 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from .classes import NON_TUMOR, NUM_CLASSES, TUMOR
-from .postprocess import cells_from_labels
+from .postprocess import DEFAULT_MIN_AREA, cells_from_labels
 
 _TYPES = (TUMOR, NON_TUMOR)
 
@@ -183,7 +183,7 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 class SegmentationMetrics:
     """Accumulates pixel and object metrics over images; ``compute()`` gives the pooled scores."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, match_radius: float = 12.0, min_area: int = 4):
+    def __init__(self, num_classes: int = NUM_CLASSES, match_radius: float = 12.0, min_area: int = DEFAULT_MIN_AREA):
         if match_radius <= 0:
             raise ValueError(f"match_radius must be positive, got {match_radius}")
         self.num_classes = num_classes

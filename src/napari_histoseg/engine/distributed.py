@@ -66,8 +66,8 @@ class ModelPlugin(WorkerPlugin):
         from .jobs import make_predictor
 
         limit_heap_growth()
-        model, _ = load_checkpoint(self.checkpoint)
-        self.predictor = make_predictor(model, self.settings)
+        model, card = load_checkpoint(self.checkpoint)
+        self.predictor = make_predictor(model, self.settings, card.logit_bias)
         self.slides: dict[str, object] = {}
         self.stores: dict[str, object] = {}
 

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +50,15 @@ def load_model(checkpoint: str | os.PathLike | None) -> tuple[torch.nn.Module, M
     return load_checkpoint(checkpoint)
 
 
-def make_predictor(model: torch.nn.Module, settings: InferenceSettings) -> BlockPredictor:
-    """Put the model on the chosen device, ready for inference."""
+def make_predictor(
+    model: torch.nn.Module, settings: InferenceSettings, logit_bias: Sequence[float] = ()
+) -> BlockPredictor:
+    """Put the model on the chosen device, ready for inference; ``logit_bias`` is its card's (ModelCard.logit_bias)."""
     device = select_device(settings.device)
     prepared = prepare_model(model, device, compile=settings.compile)
-    predictor = BlockPredictor(prepared, device, tile=settings.tile, batch_size=settings.batch_size)
+    predictor = BlockPredictor(
+        prepared, device, tile=settings.tile, batch_size=settings.batch_size, logit_bias=logit_bias
+    )
     predictor.num_classes = model.config.num_classes
     return predictor
 
@@ -97,7 +101,7 @@ def segment_image(
     _check_model_fits(name, image.shape[:2], settings, model.config.divisor)
     # An image without a stated resolution is taken to be at the model's (tiles, patches).
     plan = plan_resolution([mpp or card.mpp], card.mpp)
-    predictor = make_predictor(model, settings)
+    predictor = make_predictor(model, settings, card.logit_bias)
     sink = ArraySink(image.shape[:2], probabilities=settings.probabilities)
     return segment(image[..., :3], predictor, sink, settings, plan)
 
@@ -198,7 +202,7 @@ def segment_slide(
         region=region,
         overwrite=overwrite,
     )
-    predictor = make_predictor(model, settings)
+    predictor = make_predictor(model, settings, card.logit_bias)
     image = slide.levels[job.plan.level]
     result = yield from segment(
         image, predictor, job.store, settings, job.plan, tissue=job.tissue_test(), blocks=job.blocks

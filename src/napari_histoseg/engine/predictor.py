@@ -22,7 +22,15 @@ class BlockPredictor:
     its sum over classes gives the blended probabilities (softmax rows sum to one), so no weight map is kept.
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, *, tile: int, batch_size: int = 8):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        *,
+        tile: int,
+        batch_size: int = 8,
+        logit_bias: Sequence[float] = (),
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
@@ -31,6 +39,12 @@ class BlockPredictor:
         self.batch_size = batch_size
         self.weight = torch.from_numpy(gaussian_weight(tile)).to(device)
         self.num_classes = int(getattr(getattr(model, "config", None), "num_classes", 4))
+        # The model card's logit_bias (see ModelCard.logit_bias), added before the softmax.
+        self.logit_bias = None
+        if len(logit_bias):
+            if len(logit_bias) != self.num_classes:
+                raise ValueError(f"logit_bias needs {self.num_classes} values, got {len(logit_bias)}")
+            self.logit_bias = torch.tensor(list(logit_bias), dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     def to_device(self, region: np.ndarray) -> torch.Tensor:
         """Upload an (h, w, 3) uint8 region once, as (3, h, w) float in [0, 1] on the device."""
@@ -79,4 +93,7 @@ class BlockPredictor:
         batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast_for(self.device):
             logits = self.model(batch)
-        return F.softmax(logits.float(), dim=1)
+        logits = logits.float()
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias
+        return F.softmax(logits, dim=1)

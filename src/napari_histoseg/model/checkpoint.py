@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import struct
@@ -63,6 +64,11 @@ class ModelCard:
     created: str = ""
     name: str = ""
     description: str = ""
+    #: Added to the logits before the softmax at inference (one value per class; empty = nothing added). A model
+    #: trained with class weights w_c records -log(w_c) here ("logit adjustment", Menon et al. 2021): the weighted
+    #: loss shifts its logits by +log(w_c) towards the rare classes, and removing that shift makes the decision
+    #: follow the classes' real frequencies again (fewer false cells, higher precision).
+    logit_bias: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for ``json.dump``."""
@@ -81,6 +87,12 @@ class ModelCard:
             raise ValueError(f"model card has unknown keys {unknown} / lacks required keys {missing}")
         if d["mpp"] is not None and not (isinstance(d["mpp"], (int, float)) and d["mpp"] > 0):
             raise ValueError(f"model card mpp must be a positive number or null, got {d['mpp']!r}")
+        bias = d.get("logit_bias", [])
+        n_classes = len(d["classes"]) if isinstance(d["classes"], list) else None
+        if not isinstance(bias, list) or (bias and len(bias) != n_classes):
+            raise ValueError(f"model card logit_bias must be a list of one number per class or empty, got {bias!r}")
+        if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bias):
+            raise ValueError(f"model card logit_bias must hold finite numbers, got {bias!r}")
         return cls(**d)
 
     @property
@@ -120,6 +132,8 @@ def card_for(model: ResUNetPlusPlus, *, mpp: float | None, **extra: Any) -> Mode
     card = ModelCard(**values)
     if len(card.classes) != config.num_classes:
         raise ValueError(f"card lists {len(card.classes)} classes but the model has {config.num_classes} outputs")
+    if card.logit_bias and len(card.logit_bias) != config.num_classes:
+        raise ValueError(f"card has {len(card.logit_bias)} logit biases but the model has {config.num_classes} outputs")
     return card
 
 

@@ -94,7 +94,9 @@ def _batches(dataset: EvalDataset, batch_size: int, whole_max: int) -> list[list
     return batches
 
 
-def _windowed_probabilities(model: torch.nn.Module, image: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _windowed_probabilities(
+    model: torch.nn.Module, image: torch.Tensor, batch_size: int, logit_bias: Sequence[float] = ()
+) -> torch.Tensor:
     """Class probabilities (C, H, W) of a large image from 256 px windows, Gaussian-blended like the engine."""
     from ..engine.predictor import BlockPredictor
     from ..engine.tiling import WindowGrid, make_block
@@ -106,7 +108,7 @@ def _windowed_probabilities(model: torch.nn.Module, image: torch.Tensor, batch_s
     padded = torch.ones((3, y1 - y0, x1 - x0), dtype=image.dtype, device=image.device)
     padded[:, -y0 : -y0 + h, -x0 : -x0 + w] = image
     device = image.device
-    predictor = BlockPredictor(model, device, tile=_WINDOW, batch_size=batch_size)
+    predictor = BlockPredictor(model, device, tile=_WINDOW, batch_size=batch_size, logit_bias=logit_bias)
     starts = [(int(y), int(x)) for y in block.window_starts[0] for x in block.window_starts[1]]
     scores = predictor.predict(padded, starts)  # the engine's precision policy (bf16 on CUDA)
     scores = scores[:, -y0 : -y0 + h, -x0 : -x0 + w]
@@ -133,11 +135,14 @@ def evaluate_model(
     amp: bool = True,
     class_weights: Sequence[float] | np.ndarray | None = None,
     whole_max: int = DEFAULT_WHOLE_MAX,
+    logit_bias: Sequence[float] = (),
 ) -> Generator[EvalProgress | EvalResult, None, EvalResult]:
     """Score ``model`` on decoded ``samples``; yields an :class:`EvalProgress` per batch, then the result.
 
     The model must already be on ``device`` (default: the device of its parameters); it is put in eval mode
-    and left there. With ``class_weights`` the weighted cross-entropy of the set is reported as ``val_loss``.
+    and left there. With ``class_weights`` the weighted cross-entropy of the set is reported as ``val_loss``
+    (of the raw logits, the training loss). ``logit_bias`` (the card's) is added to the logits before the
+    classes are decided, as at inference.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -148,6 +153,9 @@ def evaluate_model(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     num_classes = int(getattr(getattr(model, "config", None), "num_classes", 4))
     weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
+    bias = None
+    if len(logit_bias):
+        bias = torch.as_tensor(list(logit_bias), dtype=torch.float32, device=device).view(1, -1, 1, 1)
     dataset = EvalDataset(samples, multiple=int(getattr(getattr(model, "config", None), "divisor", 8)))
     metrics = SegmentationMetrics(num_classes=num_classes)
     loss_sum = weight_sum = 0.0
@@ -164,14 +172,15 @@ def evaluate_model(
         with torch.inference_mode():
             if max(items[0][3]) > whole_max:
                 h, w = items[0][3]
-                probs = _windowed_probabilities(model, images[0, :, :h, :w], batch_size)[None]
+                probs = _windowed_probabilities(model, images[0, :, :h, :w], batch_size, logit_bias)[None]
                 logits = None
             else:
                 with autocast_for(device) if amp else contextlib.nullcontext():
                     logits = model(images)
                 logits = logits.float()
                 probs = None
-            pred = (logits if logits is not None else probs).argmax(dim=1).to(torch.uint8).cpu().numpy()
+            decided = probs if logits is None else (logits if bias is None else logits + bias)
+            pred = decided.argmax(dim=1).to(torch.uint8).cpu().numpy()
             for k, (_, labels, inst, (h, w), _name) in enumerate(items):
                 if weights is not None:
                     y = labels[:h, :w].to(device)
@@ -196,7 +205,12 @@ def evaluate_model(
         metrics=scores,
         images=len(dataset),
         seconds=time.perf_counter() - t0,
-        settings={"opening_radius": opening_radius, "whole_max": whole_max, "batch_size": batch_size},
+        settings={
+            "opening_radius": opening_radius,
+            "whole_max": whole_max,
+            "batch_size": batch_size,
+            "logit_bias": [float(b) for b in logit_bias],
+        },
     )
     yield result
     return result
@@ -225,7 +239,13 @@ def evaluate(
     model = prepare_model(model, torch_device, channels_last=True)
     result = None
     for event in evaluate_model(
-        model, samples, device=torch_device, batch_size=batch_size, opening_radius=opening_radius, amp=amp
+        model,
+        samples,
+        device=torch_device,
+        batch_size=batch_size,
+        opening_radius=opening_radius,
+        amp=amp,
+        logit_bias=card.logit_bias,
     ):
         if isinstance(event, EvalResult):
             result = event

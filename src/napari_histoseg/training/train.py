@@ -31,7 +31,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,6 +359,8 @@ def train(
         "select_metric": config.select_metric,
     }
 
+    logit_bias = logit_adjustment(class_weights)
+
     def save_model(stem: str, epoch: int, metrics: dict, score: float) -> str:
         training = {
             **card_training,
@@ -368,7 +370,12 @@ def train(
             "score": json_safe(score),
         }
         card = card_for(
-            model, mpp=config.model_mpp, training=training, metrics=json_safe(metrics), name=f"{run_dir.name}/{stem}"
+            model,
+            mpp=config.model_mpp,
+            training=training,
+            metrics=json_safe(metrics),
+            name=f"{run_dir.name}/{stem}",
+            logit_bias=logit_bias,
         )
         return str(save_checkpoint(run_dir / stem, model, card))
 
@@ -507,10 +514,16 @@ def train(
     return result
 
 
+def logit_adjustment(class_weights: Sequence[float]) -> list[float]:
+    """The logit bias that undoes the weighted loss's prior shift: ``-log(w_c)`` (see ``ModelCard.logit_bias``)."""
+    return [-math.log(float(w)) for w in class_weights]
+
+
 def validate_model(
     model: torch.nn.Module, samples: list, device: torch.device, config: TrainConfig, class_weights: np.ndarray
 ) -> dict:
-    """Validation metrics of ``model`` on whole images (``evaluate.evaluate_model``); leaves the model in eval."""
+    """Validation metrics of ``model`` on whole images (``evaluate.evaluate_model``), deciding the classes as the
+    saved checkpoint will at inference (with its logit bias); leaves the model in eval."""
     result = None
     for event in evaluate_model(
         model,
@@ -520,6 +533,7 @@ def validate_model(
         opening_radius=config.opening_radius,
         amp=config.amp,
         class_weights=class_weights,
+        logit_bias=logit_adjustment(class_weights),
     ):
         result = event
     assert isinstance(result, EvalResult)

@@ -1,0 +1,83 @@
+"""Tune the post-processing of a trained model by validation score: the network runs once per image, then
+the cheap steps are varied on its cached class scores.
+
+Varied: a per-class logit prior correction ``-tau * log(class_weight)`` (the weighted loss shifts the model's
+priors towards the rare cell classes by ``log(weight)``; ``tau = 1`` removes that shift, ``0`` keeps it), the
+opening radius and the smallest cell area kept. Prints one line per setting, best detection F1 first.
+
+Usage: python scripts/tune_postprocess.py CHECKPOINT DATA_DIR [--class-weights RUN/class_weights.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_histoseg.cleanup import open_labels
+from napari_histoseg.metrics import SegmentationMetrics
+from napari_histoseg.model.checkpoint import load_checkpoint
+from napari_histoseg.training.data import find_pairs, load_pairs
+from napari_histoseg.training.dataset import EvalDataset
+
+
+def cached_logits(checkpoint: str, data_dir: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(logits (C, H, W), gt labels, gt instances) per image of ``data_dir``."""
+    model, _ = load_checkpoint(checkpoint, device="cpu")
+    model.eval()
+    samples, _ = load_pairs(find_pairs(data_dir))
+    dataset = EvalDataset(samples, multiple=int(model.config.divisor))
+    out = []
+    with torch.inference_mode():
+        for i in range(len(dataset)):
+            image, labels, inst, (h, w), _ = dataset[i]
+            logits = model(image[None])[0, :, :h, :w].float().numpy()
+            out.append((logits, labels[:h, :w].numpy(), inst[:h, :w].numpy() if inst.numel() else None))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("data_dir")
+    p.add_argument("--class-weights", help="class_weights.json of the training run (for the prior correction)")
+    p.add_argument("--taus", default="0,0.25,0.5,0.75,1")
+    p.add_argument("--radii", default="0,1,2,3")
+    p.add_argument("--min-areas", default="4,16,30,50")
+    args = p.parse_args()
+
+    cache = cached_logits(args.checkpoint, args.data_dir)
+    log_w = np.zeros(cache[0][0].shape[0], dtype=np.float32)
+    if args.class_weights:
+        log_w = np.log(np.asarray(json.loads(Path(args.class_weights).read_text())["class_weights"], np.float32))
+    rows = []
+    for tau, radius in itertools.product(map(float, args.taus.split(",")), map(int, args.radii.split(","))):
+        preds = [
+            open_labels((lg - tau * log_w[:, None, None]).argmax(0).astype(np.uint8), radius) for lg, _, _ in cache
+        ]
+        for min_area in map(int, args.min_areas.split(",")):
+            m = SegmentationMetrics(min_area=min_area)
+            for pred, (_, gt, inst) in zip(preds, cache, strict=True):
+                m.update(pred, gt, inst)
+            s = m.compute()
+            rows.append((tau, radius, min_area, s))
+            print(
+                f"tau {tau:.2f} radius {radius} min_area {min_area:3d}: det F1 {s['detection_f1']:.3f} "
+                f"(P {s['detection_precision']:.3f} R {s['detection_recall']:.3f}) tumor F1 {s['type_f1_tumor']:.3f} "
+                f"non-tumor F1 {s['type_f1_non_tumor']:.3f} cell Dice {s['mean_f1']:.3f}",
+                flush=True,
+            )
+    print("\nbest by detection F1:")
+    for tau, radius, min_area, s in sorted(rows, key=lambda r: -r[3]["detection_f1"])[:5]:
+        print(
+            f"  tau {tau} radius {radius} min_area {min_area}: det F1 {s['detection_f1']:.3f} tumor F1 "
+            f"{s['type_f1_tumor']:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
