@@ -38,6 +38,8 @@ def main() -> None:
     model, card = load_checkpoint(args.checkpoint)
     run_dir = args.checkpoint.parent
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    # A fine-tuned run (stage 2) also records the settings of the run it started from (stage 1).
+    init_config = Path(config["init"]).parent / "config.json" if config.get("init") else None
     result = run_evaluation(args.val, args.checkpoint, device="cpu")
     print(format_metrics(result.metrics))
 
@@ -46,9 +48,9 @@ def main() -> None:
     card.training = {
         **card.training,
         "data": DATA_NOTE,
-        "command": "scripts/train_default.sh runs/default-consep "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (("epochs", config.get("epochs")),) if v),
+        "command": "scripts/train_default.sh runs/default",
         "settings": config,
+        "init_settings": json.loads(init_config.read_text()) if init_config and init_config.exists() else None,
         "hardware": args.hardware,
         "training_time": args.training_time,
         "bundled_from": str(
