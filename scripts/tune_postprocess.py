@@ -1,9 +1,10 @@
 """Tune the post-processing of a trained model by validation score: the network runs once per image, then
 the cheap steps are varied on its cached class scores.
 
-Varied: a per-class logit prior correction ``-tau * log(class_weight)`` (the weighted loss shifts the model's
-priors towards the rare cell classes by ``log(weight)``; ``tau = 1`` removes that shift, ``0`` keeps it), the
-opening radius and the smallest cell area kept. Prints one line per setting, best detection F1 first.
+Varied: the logit bias, ``tau`` times the card's ``logit_bias`` (``-log(class weight)``, see
+``ModelCard.logit_bias``; ``tau = 1`` is what inference uses, ``0`` none; a checkpoint written before the card
+had the field takes it from ``--class-weights``), the opening radius and the smallest cell area kept.
+Prints one line per setting, then the best by detection F1.
 
 Usage: python scripts/tune_postprocess.py CHECKPOINT DATA_DIR [--class-weights RUN/class_weights.json]
 """
@@ -25,9 +26,9 @@ from napari_histoseg.training.data import find_pairs, load_pairs
 from napari_histoseg.training.dataset import EvalDataset
 
 
-def cached_logits(checkpoint: str, data_dir: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(logits (C, H, W), gt labels, gt instances) per image of ``data_dir``."""
-    model, _ = load_checkpoint(checkpoint, device="cpu")
+def cached_logits(checkpoint: str, data_dir: str) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], list]:
+    """(logits (C, H, W), gt labels, gt instances) per image of ``data_dir``, and the card's logit bias."""
+    model, card = load_checkpoint(checkpoint, device="cpu")
     model.eval()
     samples, _ = load_pairs(find_pairs(data_dir))
     dataset = EvalDataset(samples, multiple=int(model.config.divisor))
@@ -37,7 +38,7 @@ def cached_logits(checkpoint: str, data_dir: str) -> list[tuple[np.ndarray, np.n
             image, labels, inst, (h, w), _ = dataset[i]
             logits = model(image[None])[0, :, :h, :w].float().numpy()
             out.append((logits, labels[:h, :w].numpy(), inst[:h, :w].numpy() if inst.numel() else None))
-    return out
+    return out, card.logit_bias
 
 
 def main() -> None:
@@ -50,15 +51,13 @@ def main() -> None:
     p.add_argument("--min-areas", default="4,16,30,50")
     args = p.parse_args()
 
-    cache = cached_logits(args.checkpoint, args.data_dir)
-    log_w = np.zeros(cache[0][0].shape[0], dtype=np.float32)
+    cache, card_bias = cached_logits(args.checkpoint, args.data_dir)
+    bias = np.asarray(card_bias or np.zeros(cache[0][0].shape[0]), dtype=np.float32)
     if args.class_weights:
-        log_w = np.log(np.asarray(json.loads(Path(args.class_weights).read_text())["class_weights"], np.float32))
+        bias = -np.log(np.asarray(json.loads(Path(args.class_weights).read_text())["class_weights"], np.float32))
     rows = []
     for tau, radius in itertools.product(map(float, args.taus.split(",")), map(int, args.radii.split(","))):
-        preds = [
-            open_labels((lg - tau * log_w[:, None, None]).argmax(0).astype(np.uint8), radius) for lg, _, _ in cache
-        ]
+        preds = [open_labels((lg + tau * bias[:, None, None]).argmax(0).astype(np.uint8), radius) for lg, _, _ in cache]
         for min_area in map(int, args.min_areas.split(",")):
             m = SegmentationMetrics(min_area=min_area)
             for pred, (_, gt, inst) in zip(preds, cache, strict=True):
