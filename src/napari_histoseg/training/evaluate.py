@@ -141,8 +141,9 @@ def evaluate_model(
 
     The model must already be on ``device`` (default: the device of its parameters); it is put in eval mode
     and left there. With ``class_weights`` the weighted cross-entropy of the set is reported as ``val_loss``
-    (of the raw logits, the training loss). ``logit_bias`` (the card's) is added to the logits before the
-    classes are decided, as at inference.
+    (of the raw logits, the training loss; for an image segmented in windows, of the blended probabilities,
+    bias included). ``logit_bias`` (the card's) is added to the logits before the classes are decided, as at
+    inference.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
