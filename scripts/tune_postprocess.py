@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--class-weights", help="class_weights.json of the training run (for the prior correction)")
     p.add_argument("--taus", default="0,0.25,0.5,0.75,1")
     p.add_argument("--radii", default="0,1,2,3")
-    p.add_argument("--min-areas", default="4,16,30,50")
+    p.add_argument("--min-areas", default="4,8,12,16,24")
     args = p.parse_args()
 
     cache, card_bias = cached_logits(args.checkpoint, args.data_dir)

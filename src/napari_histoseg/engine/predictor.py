@@ -15,6 +15,15 @@ from .tiling import gaussian_weight
 log = logging.getLogger(__name__)
 
 
+def logit_bias_tensor(logit_bias: Sequence[float], num_classes: int, device: torch.device | str) -> torch.Tensor | None:
+    """The card's logit bias (ModelCard.logit_bias) as a (1, C, 1, 1) tensor to add to logits; None when empty."""
+    if not len(logit_bias):
+        return None
+    if len(logit_bias) != num_classes:
+        raise ValueError(f"logit_bias needs {num_classes} values, got {len(logit_bias)}")
+    return torch.tensor(list(logit_bias), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+
 class BlockPredictor:
     """Blended class scores of a block: windows on a lattice, batched, weighted by a Gaussian.
 
@@ -39,12 +48,7 @@ class BlockPredictor:
         self.batch_size = batch_size
         self.weight = torch.from_numpy(gaussian_weight(tile)).to(device)
         self.num_classes = int(getattr(getattr(model, "config", None), "num_classes", 4))
-        # The model card's logit_bias (see ModelCard.logit_bias), added before the softmax.
-        self.logit_bias = None
-        if len(logit_bias):
-            if len(logit_bias) != self.num_classes:
-                raise ValueError(f"logit_bias needs {self.num_classes} values, got {len(logit_bias)}")
-            self.logit_bias = torch.tensor(list(logit_bias), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.logit_bias = logit_bias_tensor(logit_bias, self.num_classes, device)  # added before the softmax
 
     def to_device(self, region: np.ndarray) -> torch.Tensor:
         """Upload an (h, w, 3) uint8 region once, as (3, h, w) float in [0, 1] on the device."""

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..classes import CLASS_NAMES
 from ..cleanup import open_labels
 from ..engine.device import autocast_for, prepare_model, select_device
+from ..engine.predictor import BlockPredictor, logit_bias_tensor
 from ..fileio import json_safe
 from ..metrics import SCALAR_METRICS, SegmentationMetrics
 from .data import Sample, find_pairs, load_pairs
@@ -98,7 +99,6 @@ def _windowed_probabilities(
     model: torch.nn.Module, image: torch.Tensor, batch_size: int, logit_bias: Sequence[float] = ()
 ) -> torch.Tensor:
     """Class probabilities (C, H, W) of a large image from 256 px windows, Gaussian-blended like the engine."""
-    from ..engine.predictor import BlockPredictor
     from ..engine.tiling import WindowGrid, make_block
 
     _, h, w = image.shape
@@ -154,9 +154,7 @@ def evaluate_model(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     num_classes = int(getattr(getattr(model, "config", None), "num_classes", 4))
     weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
-    bias = None
-    if len(logit_bias):
-        bias = torch.as_tensor(list(logit_bias), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    bias = logit_bias_tensor(logit_bias, num_classes, device)
     dataset = EvalDataset(samples, multiple=int(getattr(getattr(model, "config", None), "divisor", 8)))
     metrics = SegmentationMetrics(num_classes=num_classes)
     loss_sum = weight_sum = 0.0

@@ -444,7 +444,7 @@ def train(
             score = float("nan")
             t_val = time.perf_counter()
             if epoch % config.val_every == 0 or epoch == config.epochs or stopped_early:
-                val = validate_model(model, val_samples, device, config, class_weights)
+                val = validate_model(model, val_samples, device, config, class_weights, logit_bias)
                 score = selection_score(val, config.select_metric)
                 if plateau is not None and math.isfinite(score) and global_step >= config.warmup:
                     plateau.step(score)
@@ -520,7 +520,12 @@ def logit_adjustment(class_weights: Sequence[float]) -> list[float]:
 
 
 def validate_model(
-    model: torch.nn.Module, samples: list, device: torch.device, config: TrainConfig, class_weights: np.ndarray
+    model: torch.nn.Module,
+    samples: list,
+    device: torch.device,
+    config: TrainConfig,
+    class_weights: np.ndarray,
+    logit_bias: Sequence[float],
 ) -> dict:
     """Validation metrics of ``model`` on whole images (``evaluate.evaluate_model``), deciding the classes as the
     saved checkpoint will at inference (with its logit bias); leaves the model in eval."""
@@ -533,7 +538,7 @@ def validate_model(
         opening_radius=config.opening_radius,
         amp=config.amp,
         class_weights=class_weights,
-        logit_bias=logit_adjustment(class_weights),
+        logit_bias=logit_bias,
     ):
         result = event
     assert isinstance(result, EvalResult)
