@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 
 from napari_histoseg.model.checkpoint import load_checkpoint, save_checkpoint
+from napari_histoseg.stain import lab_stats
+from napari_histoseg.training.data import find_pairs, load_pairs
 from napari_histoseg.training.evaluate import format_metrics, run_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,16 +33,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--val", type=Path, default=ROOT.parent / "shared" / "data" / "consep" / "val")
+    parser.add_argument(
+        "--train",
+        type=Path,
+        default=ROOT.parent / "shared" / "data" / "consep" / "train",
+        help="training folder pairs: their colours become the card's stain target when the checkpoint has none",
+    )
     parser.add_argument("--hardware", default="2-core x86-64 CPU (no GPU), torch 2.13 CPU build")
     parser.add_argument("--training-time", default="", help="wall-clock training time, as text")
     args = parser.parse_args()
 
     model, card = load_checkpoint(args.checkpoint)
+    if not card.stain_target:  # checkpoints trained before training recorded it
+        samples, _ = load_pairs(find_pairs(args.train))
+        card.stain_target = lab_stats([s.image for s in samples]).to_dict()
     run_dir = args.checkpoint.parent
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
     # A fine-tuned run (stage 2) also records the settings of the run it started from (stage 1).
     init_config = Path(config["init"]).parent / "config.json" if config.get("init") else None
-    result = run_evaluation(args.val, args.checkpoint, device="cpu")
+    TARGET.parent.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(TARGET, model, card, half=True)  # evaluated as shipped (half precision, stain target)
+    result = run_evaluation(args.val, path, device="cpu")
     print(format_metrics(result.metrics))
 
     card.name = "histoseg-default-consep"
@@ -61,7 +74,6 @@ def main() -> None:
         "consep_val": result.to_dict()["metrics"],
         "evaluated_with": "histoseg evaluate (match radius 12 px)",
     }
-    TARGET.parent.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(TARGET, model, card, half=True)
     load_checkpoint(path)  # the shipped file must load, sha256 included
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix('.json')}")

@@ -40,6 +40,9 @@ class _Progress:
         )
 
 
+_NO_STAIN_HELP = "do not map the image's stain colours onto the model's training data (Reinhard normalisation)"
+
+
 def _settings(args: argparse.Namespace):
     from .engine.infer import InferenceSettings
 
@@ -50,6 +53,7 @@ def _settings(args: argparse.Namespace):
         opening_radius=args.opening_radius,
         skip_background=not args.no_tissue_skip,
         probabilities=args.probabilities,
+        stain_normalize=not args.no_stain_norm,
         batch_size=args.batch_size,
         device=args.device,
         compile=args.compile,
@@ -147,6 +151,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--mpp", type=float, help="microns per pixel of level 0, when the file is wrong or silent")
     p.add_argument("--probabilities", action="store_true", help="also store class probabilities")
     p.add_argument("--no-tissue-skip", action="store_true", help="segment background blocks too")
+    p.add_argument("--no-stain-norm", action="store_true", help=_NO_STAIN_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming")
     p.add_argument("--no-cells", action="store_true", help="slides: skip the cells CSV, GeoJSON and summary")
@@ -171,6 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     predict = build_parser().parse_args(
         ["predict", str(sample_path()), "--out", str(out / "cmu-1-small-region.zarr"), "--json", "--overwrite"]
         + (["--device", args.device] if args.device else [])
+        + (["--no-stain-norm"] if args.no_stain_norm else [])
     )
     summary = _predict_slide(predict, *load_model(model), _settings(predict))
     counts = summary["pixels_per_class"]
@@ -273,7 +279,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if checkpoint is None:
         raise SystemExit("error: no --model given and no bundled default model is installed")
     result = run_evaluation(
-        args.data_dir, checkpoint, device=args.device, batch_size=args.batch_size, opening_radius=args.opening_radius
+        args.data_dir,
+        checkpoint,
+        device=args.device,
+        batch_size=args.batch_size,
+        opening_radius=args.opening_radius,
+        stain_normalize=not args.no_stain_norm,
     )
     if args.json:
         print(result.to_json())
@@ -292,6 +303,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--opening-radius", type=int, default=DEFAULT_OPENING_RADIUS)
+    p.add_argument("--no-stain-norm", action="store_true", help=_NO_STAIN_HELP)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
@@ -307,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="segment the bundled sample slide with the bundled model")
     demo.add_argument("--out", default="histoseg-demo", help="output folder (default: histoseg-demo)")
     demo.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    demo.add_argument("--no-stain-norm", action="store_true", help=_NO_STAIN_HELP)
     demo.add_argument("--json", action="store_true", help="print the JSON summary")
     demo.set_defaults(func=cmd_demo)
     _add_train(sub)

@@ -30,6 +30,7 @@ from .infer import (
     segment_block,
 )
 from .resolution import ResolutionPlan
+from .stain_transform import ReinhardNormalizer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class BlockTask:
     settings: InferenceSettings
     plan: ResolutionPlan
     downsample: float
+    normalize: ReinhardNormalizer | None = None  # the slide's stain normaliser (a few numbers)
 
 
 class ModelPlugin(WorkerPlugin):
@@ -101,7 +103,7 @@ def run_block(index: tuple[int, int], task: BlockTask, tissue: tuple[np.ndarray,
     geometry = BlockGeometry((int(image.shape[0]), int(image.shape[1])), task.settings, task.plan.factor)
     test = None if tissue is None else tissue_test(*tissue, task.downsample)
     work = read_block(geometry.work(index), image, geometry, test)
-    labels, probs = segment_block(work, plugin.predictor, geometry, task.settings)
+    labels, probs = segment_block(work, plugin.predictor, geometry, task.settings, task.normalize)
     plugin.store(task.store).write_block(work.index, work.core, labels, probs)
     return {
         "index": index,
@@ -207,6 +209,7 @@ def segment_slide_distributed(
         settings=settings,
         plan=job.plan,
         downsample=job.downsample,
+        normalize=job.normalize,
     )
     client.register_plugin(ModelPlugin(str(Path(checkpoint).resolve()), settings), name=PLUGIN_NAME)
     tissue = client.scatter(job.tissue, broadcast=True) if job.tissue is not None else None

@@ -26,6 +26,7 @@ from .resolution import ResolutionPlan, compute_shape, read_padded, to_compute, 
 from .tiling import Block, WindowGrid, block_grid, make_block
 
 TissueTest = Callable[[int, int, int, int], bool]  # (y0, x0, y1, x1) in output pixels -> any tissue?
+Normalize = Callable[[torch.Tensor], torch.Tensor]  # (3, h, w) RGB in [0, 1] -> the same, colours mapped
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class InferenceSettings:
     opening_radius: int = 2
     skip_background: bool = True
     probabilities: bool = False
+    stain_normalize: bool = True  # map the slide's colours onto the model's training data (stain.py)
     batch_size: int = 8
     device: str = "auto"
     compile: bool = False
@@ -52,7 +54,7 @@ class InferenceSettings:
 
     def result_settings(self) -> dict:
         """The settings that determine the output (a resumed run must match them)."""
-        keys = ("tile", "overlap", "block", "opening_radius", "skip_background", "probabilities")
+        keys = ("tile", "overlap", "block", "opening_radius", "skip_background", "probabilities", "stain_normalize")
         return {k: v for k, v in asdict(self).items() if k in keys}
 
 
@@ -195,14 +197,24 @@ def read_block(work: BlockWork, image, geometry: BlockGeometry, tissue: TissueTe
 
 
 def segment_block(
-    work: BlockWork, predictor: BlockPredictor, geometry: BlockGeometry, settings: InferenceSettings
+    work: BlockWork,
+    predictor: BlockPredictor,
+    geometry: BlockGeometry,
+    settings: InferenceSettings,
+    normalize: Normalize | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Labels (and optionally probabilities) of the block's core; ``None`` when the block is all background."""
+    """Labels (and optionally probabilities) of the block's core; ``None`` when the block is all background.
+
+    ``normalize`` (a stain normaliser) maps the block's colours, at the slide's resolution, before resampling.
+    """
     if work.region is None:
         return None, None
     f = geometry.factor
     oy0, ox0 = work.region_origin
-    image = to_compute(predictor.to_device(work.region), f)
+    image = predictor.to_device(work.region)
+    if normalize is not None:
+        image = normalize(image)
+    image = to_compute(image, f)
     # Offset of the compute read region inside the resampled output region.
     dy = work.block.read[0] - int(round(oy0 * f))
     dx = work.block.read[1] - int(round(ox0 * f))
@@ -313,12 +325,14 @@ def segment(
     *,
     tissue: TissueTest | None = None,
     blocks: list[tuple[int, int]] | None = None,
+    normalize: Normalize | None = None,
 ) -> Generator[InferenceProgress | InferenceResult, None, InferenceResult]:
     """Segment ``image`` ((H, W, 3) array-like of the plan's level) block by block into ``sink``.
 
     Yields an :class:`InferenceProgress` after each block and finally the :class:`InferenceResult`.
     Closing the generator (Cancel) stops after the block in hand; finished blocks stay recorded in the sink.
-    ``blocks`` restricts the run to some block indices (a region of interest).
+    ``blocks`` restricts the run to some block indices (a region of interest); ``normalize`` is the stain
+    normaliser applied to every block (see :func:`segment_block`).
     """
     limit_heap_growth()
     shape = (int(image.shape[0]), int(image.shape[1]))
@@ -343,7 +357,7 @@ def segment(
             work: BlockWork = reads.pop(0).result()
             submit_next()
             tc = time.perf_counter()
-            labels, probs = segment_block(work, predictor, geometry, settings)
+            labels, probs = segment_block(work, predictor, geometry, settings, normalize)
             tally.compute_s += time.perf_counter() - tc
             if write is not None:
                 write.result()  # at most one block being written

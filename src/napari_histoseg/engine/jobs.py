@@ -19,10 +19,12 @@ import torch
 
 from ..io.store import ArraySink, LabelStore
 from ..model.checkpoint import ModelCard, load_checkpoint
+from ..stain import LabStats
 from .device import prepare_model, select_device
 from .infer import InferenceProgress, InferenceResult, InferenceSettings, TissueTest, segment
 from .predictor import BlockPredictor
 from .resolution import ResolutionPlan, plan_resolution
+from .stain_transform import ReinhardNormalizer, normalizer_for
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,21 @@ def _check_model_fits(name: str, shape: tuple[int, int], settings: InferenceSett
         raise SegmentationError(f"{name}: the image is empty (shape {shape})")
 
 
+def stain_normalizer(
+    card: ModelCard, settings: InferenceSettings, source: LabStats | None, name: str
+) -> ReinhardNormalizer | None:
+    """The stain normaliser of a job: from the image's colours (``source``) to the card's training colours.
+
+    ``None`` when the settings turn it off, the model records no training colours, or the image holds too little
+    tissue to measure (said in the log).
+    """
+    if not settings.stain_normalize or card.stain_stats is None:
+        return None
+    if source is None:
+        log.warning("%s: too little tissue to measure its stain colours; segmenting it without normalisation", name)
+    return normalizer_for(source, card.stain_stats)
+
+
 def segment_image(
     image: np.ndarray,
     model: torch.nn.Module,
@@ -90,10 +107,13 @@ def segment_image(
     *,
     mpp: float | None = None,
     name: str = "image",
+    stain_source: LabStats | None = None,
 ) -> Job:
     """Segment an in-memory (H, W, 3) image; the result holds ``labels`` (H, W) uint8.
 
-    Images smaller than a tile are padded (white) to one window, so any size works.
+    Images smaller than a tile are padded (white) to one window, so any size works. With
+    ``settings.stain_normalize``, colours are mapped onto the model's training data using ``stain_source``, the
+    colour statistics of the slide the image comes from, or when it is not given those of the image itself.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
@@ -103,7 +123,12 @@ def segment_image(
     plan = plan_resolution([mpp or card.mpp], card.mpp)
     predictor = make_predictor(model, settings, card.logit_bias)
     sink = ArraySink(image.shape[:2], probabilities=settings.probabilities)
-    return segment(image[..., :3], predictor, sink, settings, plan)
+    if settings.stain_normalize and card.stain_stats is not None and stain_source is None:
+        from ..io.tissue import image_stain_stats
+
+        stain_source = image_stain_stats(image)
+    normalize = stain_normalizer(card, settings, stain_source, name)
+    return segment(image[..., :3], predictor, sink, settings, plan, normalize=normalize)
 
 
 @dataclass
@@ -116,6 +141,7 @@ class SlideJob:
     store: LabelStore
     tissue: tuple[np.ndarray, float] | None  # (mask, level-0 px per mask px)
     blocks: list[tuple[int, int]] | None  # None: the whole slide
+    normalize: ReinhardNormalizer | None = None  # the slide's stain normaliser
 
     def tissue_test(self) -> TissueTest | None:
         return None if self.tissue is None else tissue_test(*self.tissue, self.downsample)
@@ -133,8 +159,8 @@ def prepare_slide_job(
     region: tuple[int, int, int, int] | None = None,
     overwrite: bool = False,
 ) -> SlideJob:
-    """Choose the level, compute the tissue mask and create (or reopen to resume) the output store."""
-    from ..io.tissue import tissue_mask
+    """Choose the level, measure the tissue (mask and stain colours) and create (or reopen) the output store."""
+    from ..io.tissue import image_stain_stats, mask_from_rgb, slide_thumbnail
 
     plan = plan_resolution(slide.mpp, card.mpp, level=level, input_mpp=input_mpp)
     if plan.warning:
@@ -143,7 +169,14 @@ def prepare_slide_job(
     shape = (int(image.shape[0]), int(image.shape[1]))
     _check_model_fits(slide.path.name, shape, settings, divisor)
     downsample = slide.downsample(plan.level)
-    tissue = tissue_mask(slide) if settings.skip_background else None
+    normalizing = settings.stain_normalize and card.stain_stats is not None
+    tissue, normalize = None, None
+    if settings.skip_background or normalizing:
+        thumbnail, thumbnail_downsample = slide_thumbnail(slide)  # read once: it may be built from level 0
+        if settings.skip_background:
+            tissue = (mask_from_rgb(thumbnail), thumbnail_downsample)
+        if normalizing:
+            normalize = stain_normalizer(card, settings, image_stain_stats(thumbnail), slide.path.name)
     result_settings = {
         **settings.result_settings(),
         "level": plan.level,
@@ -167,10 +200,13 @@ def prepare_slide_job(
             "downsample": downsample,
             "mpp": plan.output_mpp,
             "model": {"name": card.name, "sha256": card.sha256, "mpp": card.mpp},
+            "stain": None
+            if normalize is None
+            else {"source": normalize.source.to_dict(), "target": normalize.target.to_dict()},
         },
     )
     blocks = None if region is None else _blocks_in_region(region, downsample, shape, settings.block)
-    return SlideJob(plan, shape, downsample, store, tissue, blocks)
+    return SlideJob(plan, shape, downsample, store, tissue, blocks, normalize)
 
 
 def segment_slide(
@@ -205,7 +241,14 @@ def segment_slide(
     predictor = make_predictor(model, settings, card.logit_bias)
     image = slide.levels[job.plan.level]
     result = yield from segment(
-        image, predictor, job.store, settings, job.plan, tissue=job.tissue_test(), blocks=job.blocks
+        image,
+        predictor,
+        job.store,
+        settings,
+        job.plan,
+        tissue=job.tissue_test(),
+        blocks=job.blocks,
+        normalize=job.normalize,
     )
     if job.blocks is None:
         job.store.finalize(result.summary())

@@ -9,8 +9,9 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from napari_histoseg.io.slide import Slide
+from napari_histoseg.stain import LabStats, lab_stats
 
-__all__ = ["tissue_fraction", "tissue_mask"]
+__all__ = ["image_stain_stats", "mask_from_rgb", "slide_thumbnail", "tissue_fraction", "tissue_mask"]
 
 #: Saturation bounds for the Otsu threshold: glass is nearly grey; pale stroma is still above ~0.07.
 _MIN_THRESHOLD, _MAX_THRESHOLD = 0.04, 0.15
@@ -29,11 +30,27 @@ def tissue_mask(slide: Slide, *, max_size: int = 2048) -> tuple[np.ndarray, floa
     near-black pixels removed, small objects dropped, small holes filled, and a 2-pixel dilation
     so borders are kept.
     """
+    rgb, downsample = slide_thumbnail(slide, max_size=max_size)
+    return mask_from_rgb(rgb), downsample
+
+
+def slide_thumbnail(slide: Slide, *, max_size: int = 2048) -> tuple[np.ndarray, float]:
+    """``(rgb, downsample)``: the largest level at most ``max_size`` px on a side (see :func:`tissue_mask`)."""
     if max_size < 16:
         raise ValueError(f"max_size must be at least 16 pixels, got {max_size}")
     level = _pick_level(slide, max_size)
-    rgb = slide.levels[level].compute()
-    return _mask_from_rgb(rgb), slide.downsample(level)
+    return np.asarray(slide.levels[level].compute())[..., :3], slide.downsample(level)
+
+
+def image_stain_stats(rgb: np.ndarray, *, max_size: int = 2048) -> LabStats | None:
+    """LAB colour statistics of the tissue of an (H, W, 3) image (a slide's thumbnail, or an image in memory).
+
+    Images larger than ``max_size`` px are sampled with a stride first; tissue is :func:`tissue_mask`'s rule.
+    ``None`` when the image holds too little tissue to measure (see :func:`napari_histoseg.stain.lab_stats`).
+    """
+    step = max(1, -(-max(rgb.shape[:2]) // max_size))
+    small = np.asarray(rgb[::step, ::step, :3])
+    return lab_stats(small, mask_from_rgb(small))
 
 
 def _pick_level(slide: Slide, max_size: int) -> int:
@@ -43,7 +60,8 @@ def _pick_level(slide: Slide, max_size: int) -> int:
     return len(slide.levels) - 1
 
 
-def _mask_from_rgb(rgb: np.ndarray) -> np.ndarray:
+def mask_from_rgb(rgb: np.ndarray) -> np.ndarray:
+    """The tissue mask of an (H, W, 3) image (the method of :func:`tissue_mask`)."""
     rgb = rgb.astype(np.float32)
     high, low = rgb.max(axis=-1), rgb.min(axis=-1)
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1), 0.0)

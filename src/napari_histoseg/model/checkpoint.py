@@ -25,6 +25,7 @@ from safetensors.torch import save as st_save
 
 from ..classes import CLASS_COLORS, CLASS_NAMES
 from ..fileio import atomic_write
+from ..stain import LabStats
 from .resunetpp import ModelConfig, ModelConfigError, ResUNetPlusPlus
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ class ModelCard:
     #: loss shifts its logits by +log(w_c) towards the rare classes, and removing that shift makes the decision
     #: follow the classes' real frequencies again (fewer false cells, higher precision).
     logit_bias: list[float] = field(default_factory=list)
+    #: LAB colour statistics of the training tissue (``stain.LabStats.to_dict()``); inference maps a slide's
+    #: colours onto them (Reinhard stain normalisation). Empty: the model takes slides as they are.
+    stain_target: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for ``json.dump``."""
@@ -93,7 +97,14 @@ class ModelCard:
             raise ValueError(f"model card logit_bias must be a list of one number per class or empty, got {bias!r}")
         if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bias):
             raise ValueError(f"model card logit_bias must hold finite numbers, got {bias!r}")
+        if d.get("stain_target"):
+            LabStats.from_dict(d["stain_target"])
         return cls(**d)
+
+    @property
+    def stain_stats(self) -> LabStats | None:
+        """The training data's colour statistics (``stain_target``), or None when the card has none."""
+        return LabStats.from_dict(self.stain_target) if self.stain_target else None
 
     @property
     def model_config(self) -> ModelConfig:

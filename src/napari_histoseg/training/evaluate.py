@@ -25,8 +25,10 @@ from ..classes import CLASS_NAMES
 from ..cleanup import open_labels
 from ..engine.device import autocast_for, prepare_model, select_device
 from ..engine.predictor import BlockPredictor, logit_bias_tensor
+from ..engine.stain_transform import normalizer_for
 from ..fileio import json_safe
 from ..metrics import SCALAR_METRICS, SegmentationMetrics
+from ..stain import lab_stats
 from .data import Sample, find_pairs, load_pairs
 from .dataset import EvalDataset
 
@@ -136,6 +138,7 @@ def evaluate_model(
     class_weights: Sequence[float] | np.ndarray | None = None,
     whole_max: int = DEFAULT_WHOLE_MAX,
     logit_bias: Sequence[float] = (),
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Generator[EvalProgress | EvalResult, None, EvalResult]:
     """Score ``model`` on decoded ``samples``; yields an :class:`EvalProgress` per batch, then the result.
 
@@ -143,7 +146,7 @@ def evaluate_model(
     and left there. With ``class_weights`` the weighted cross-entropy of the set is reported as ``val_loss``
     (of the raw logits, the training loss; for an image segmented in windows, of the blended probabilities,
     bias included). ``logit_bias`` (the card's) is added to the logits before the classes are decided, as at
-    inference.
+    inference; ``normalize`` (a stain normaliser) maps the images' colours first.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -167,7 +170,10 @@ def evaluate_model(
         images = torch.stack([item[0] for item in items])
         if device.type == "cuda":
             images = images.pin_memory()
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        images = images.to(device, non_blocking=True)
+        if normalize is not None:
+            images = normalize(images)
+        images = images.contiguous(memory_format=memory_format)
         with torch.inference_mode():
             if max(items[0][3]) > whole_max:
                 h, w = items[0][3]
@@ -209,6 +215,9 @@ def evaluate_model(
             "whole_max": whole_max,
             "batch_size": batch_size,
             "logit_bias": [float(b) for b in logit_bias],
+            "stain": None
+            if normalize is None
+            else {"source": normalize.source.to_dict(), "target": normalize.target.to_dict()},
         },
     )
     yield result
@@ -224,8 +233,13 @@ def evaluate(
     opening_radius: int = DEFAULT_OPENING_RADIUS,
     amp: bool = True,
     tolerance: int = 60,
+    stain_normalize: bool = True,
 ) -> Generator[EvalProgress | EvalResult, None, EvalResult]:
     """Evaluate checkpoint ``checkpoint`` on the folder pairs under ``data_dir`` (``histoseg evaluate``).
+
+    With ``stain_normalize`` and a card that records its training colours, the images are stain-normalised as
+    inference does, with the colour statistics pooled over the whole folder (the folder stands for one slide:
+    the statistics of a single 256 px patch depend too much on what it shows).
 
     Raises :class:`~napari_histoseg.training.data.DatasetError` for unusable data and
     :class:`~napari_histoseg.model.checkpoint.CheckpointError` for an unusable checkpoint, before any work.
@@ -236,6 +250,9 @@ def evaluate(
     model, card = load_checkpoint(checkpoint, device="cpu")
     samples, _ = load_pairs(find_pairs(data_dir), tolerance=tolerance)
     model = prepare_model(model, torch_device, channels_last=True)
+    normalize = None
+    if stain_normalize and card.stain_stats is not None:
+        normalize = normalizer_for(lab_stats([s.image for s in samples]), card.stain_stats)
     result = None
     for event in evaluate_model(
         model,
@@ -245,6 +262,7 @@ def evaluate(
         opening_radius=opening_radius,
         amp=amp,
         logit_bias=card.logit_bias,
+        normalize=normalize,
     ):
         if isinstance(event, EvalResult):
             result = event

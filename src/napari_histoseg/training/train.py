@@ -45,6 +45,7 @@ from ..engine.device import select_device
 from ..fileio import atomic_write, json_safe
 from ..model.checkpoint import card_for, finetune_config, load_matching_weights, save_checkpoint
 from ..model.resunetpp import ModelConfig, ResUNetPlusPlus, build_model, count_parameters
+from ..stain import lab_stats
 from .config import (
     DEFAULT_VAL_FRACTION,
     TrainConfig,
@@ -360,6 +361,8 @@ def train(
     }
 
     logit_bias = logit_adjustment(class_weights)
+    stain = lab_stats([s.image for s in train_samples])  # the colours inference maps slides onto
+    stain_target = stain.to_dict() if stain is not None else {}
 
     def save_model(stem: str, epoch: int, metrics: dict, score: float) -> str:
         training = {
@@ -376,6 +379,7 @@ def train(
             metrics=json_safe(metrics),
             name=f"{run_dir.name}/{stem}",
             logit_bias=logit_bias,
+            stain_target=stain_target,
         )
         return str(save_checkpoint(run_dir / stem, model, card))
 
