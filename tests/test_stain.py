@@ -30,7 +30,7 @@ def dark_tissue() -> np.ndarray:
     """Dark, saturated 'tissue' on a glass border (like the CMU-1 sample's stain)."""
     rng = np.random.default_rng(0)
     img = np.full((200, 240, 3), 245, np.uint8)
-    tissue = np.stack([rng.normal(120, 30, (160, 200)), rng.normal(40, 20, (160, 200)), rng.normal(110, 25, (160, 200))])
+    tissue = np.stack([rng.normal(m, s, (160, 200)) for m, s in ((120, 30), (40, 20), (110, 25))])
     img[20:180, 20:220] = np.clip(tissue.transpose(1, 2, 0), 0, 255).astype(np.uint8)
     return img
 
