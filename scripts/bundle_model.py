@@ -55,6 +55,8 @@ def main() -> None:
     path = save_checkpoint(TARGET, model, card, half=True)  # evaluated as shipped (half precision, stain target)
     result = run_evaluation(args.val, path, device="cpu")
     print(format_metrics(result.metrics))
+    plain = run_evaluation(args.val, path, device="cpu", stain_normalize=False)
+    print("without stain normalisation:\n" + format_metrics(plain.metrics))
 
     card.name = "histoseg-default-consep"
     card.description = "ResUNet++ for tumor / non-tumor / boundary segmentation of H&E nuclei at 0.25 um/px."
@@ -72,6 +74,8 @@ def main() -> None:
     }
     card.metrics = {
         "consep_val": result.to_dict()["metrics"],
+        "consep_val_no_stain_norm": plain.to_dict()["metrics"],
+        "stain_normalization": "consep_val: colours of the val folder (pooled) mapped onto the training data's",
         "evaluated_with": "histoseg evaluate (match radius 12 px)",
     }
     path = save_checkpoint(TARGET, model, card, half=True)

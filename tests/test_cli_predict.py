@@ -72,3 +72,22 @@ def test_predict_bad_inputs(tmp_path, tiny_checkpoint, capsys):
     shutil.copy(tiny_checkpoint, broken)
     assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--model", str(broken)]) == 2
     assert "broken" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_slide_records_its_stain_normalisation(tmp_path, cmu_svs, capsys):
+    model = build_model(ModelConfig.scaled(0.25)).eval()
+    target = {"method": "reinhard", "lab_mean": [69.0, 24.0, -19.6], "lab_std": [14.7, 8.8, 10.7]}
+    checkpoint = save_checkpoint(tmp_path / "stained", model, card_for(model, mpp=0.5, stain_target=target))
+    out = tmp_path / "cmu.zarr"
+    args = ["predict", str(cmu_svs), "--out", str(out), "--model", str(checkpoint), "--no-cells", "--json"]
+    assert main(args) == 0
+    info = LabelStore.open(out).info
+    assert info["settings"]["stain_normalize"] is True
+    assert info["stain"]["target"] == target
+    source = info["stain"]["source"]["lab_mean"]
+    assert 40 < source[0] < 60 and source[1] > 20  # CMU-1's tissue: darker and redder than the target
+    assert main([*args, "--no-stain-norm", "--overwrite"]) == 0
+    info = LabelStore.open(out).info
+    assert info["settings"]["stain_normalize"] is False and info["stain"] is None
+    capsys.readouterr()

@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from _trainsets import _COLOURS, blob_image, write_set
+from napari_histoseg.engine.stain_transform import ReinhardNormalizer
 from napari_histoseg.model.checkpoint import CheckpointError, card_for, save_checkpoint
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
+from napari_histoseg.stain import LabStats, lab_stats
 from napari_histoseg.training.data import Sample, find_pairs, load_pairs
 from napari_histoseg.training.evaluate import (
     EvalProgress,
@@ -119,6 +121,24 @@ def test_logit_bias_decides_the_classes():
     assert biased.metrics["val_loss"] == pytest.approx(plain.metrics["val_loss"])
     windowed = run(evaluate_model(ColourOracle(), data, device="cpu", whole_max=32, logit_bias=[1e4, 0, 0, 0]))[-1]
     assert windowed.metrics["n_pred_cells"] == 0
+
+
+def test_stain_normalisation_maps_the_folder_colours_onto_the_card(tmp_path):
+    data = samples([64, 64])
+    source = lab_stats([s.image for s in data])
+    far = LabStats((source.mean[0] - 30, source.mean[1] + 40, source.mean[2] - 40), tuple(v / 3 for v in source.std))
+    plain = run(evaluate_model(ColourOracle(), data, device="cpu"))[-1]
+    moved = run(evaluate_model(ColourOracle(), data, device="cpu", normalize=ReinhardNormalizer(source, far)))[-1]
+    assert plain.settings["stain"] is None and moved.settings["stain"]["target"] == far.to_dict()
+    assert moved.metrics["mean_f1"] < plain.metrics["mean_f1"] - 0.1  # the oracle keys on colour
+
+    data_dir = write_set(tmp_path / "data", n=2, size=64)
+    model = build_model(ModelConfig.scaled(0.25))
+    ckpt = save_checkpoint(tmp_path / "m", model, card_for(model, mpp=0.25, stain_target=far.to_dict()))
+    result = run_evaluation(data_dir, ckpt, device="cpu")
+    folder = lab_stats([s.image for s in load_pairs(find_pairs(data_dir))[0]])
+    assert result.settings["stain"] == {"source": folder.to_dict(), "target": far.to_dict()}
+    assert run_evaluation(data_dir, ckpt, device="cpu", stain_normalize=False).settings["stain"] is None
 
 
 def test_bad_input_raises():

@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 from _trainsets import write_set
 from napari_histoseg.model.checkpoint import CheckpointError, card_for, load_checkpoint, read_card, save_checkpoint
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
+from napari_histoseg.stain import lab_stats
 from napari_histoseg.training import train as train_mod
+from napari_histoseg.training.data import find_pairs, load_pairs
 from napari_histoseg.training.train import (
     EpochEvent,
     StepEvent,
@@ -84,6 +86,9 @@ def test_overfits_two_images(data, tmp_path):
     assert best_card.training["epoch"] == result.best_epoch
     # The card undoes the weighted loss's prior shift at inference: logit bias -log(w_c).
     assert best_card.logit_bias == pytest.approx([-math.log(w) for w in start.class_weights])
+    # ... and records the training images' colours, which inference maps slides onto.
+    train_images = [s.image for s in load_pairs(find_pairs(data))[0]]
+    assert best_card.stain_stats == lab_stats(train_images)
     assert best_card.metrics["mean_f1"] == pytest.approx(result.best_metrics["mean_f1"])
     assert int(rows[result.best_epoch - 1]["is_best"]) == 1
     model, _ = load_checkpoint(result.best_checkpoint)

@@ -280,3 +280,33 @@ def test_cellularity_readout_of_the_result_and_a_region(make_napari_viewer, qtbo
     [cmap] = [layer for layer in viewer.layers if "tumor cellularity" in layer.name]
     assert cmap.colorbar.visible and cmap.data.shape == (2, 2)  # 300 x 280 px in squares of 256 px
     np.testing.assert_allclose(cmap.scale, np.asarray(image.scale) * 256)
+
+
+def test_stain_normalisation_checkbox_maps_colours_before_the_model(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+) -> None:
+    """With a model that records its training colours, the checkbox decides whether the model sees them."""
+    model = calibrated_tiny_model()
+    card = card_for(model, mpp=0.5, stain_target={"method": "reinhard", "lab_mean": [80, 5, -5], "lab_std": [5, 3, 3]})
+    checkpoint = save_checkpoint(tmp_path / "stained", model, card)
+    seen: list[float] = []
+    real_load = segment_job.load_model
+
+    def load_and_watch(path):
+        net, c = real_load(path)
+        net.register_forward_pre_hook(lambda _m, args: seen.append(float(args[0].mean())))
+        return net, c
+
+    monkeypatch.setattr(segment_job, "load_model", load_and_watch)
+    viewer = make_napari_viewer()
+    viewer.add_image(real_tissue(128, 128, y=700, x=1000), rgb=True, name="tissue")  # nuclei and stroma
+    widget = _widget(viewer, checkpoint, tile=128)
+    assert widget.stain_normalize.value is True  # on by default
+    _run(qtbot, widget)
+    normalised, seen[:] = list(seen), []
+    widget.stain_normalize.value = False
+    assert widget.request().settings.stain_normalize is False
+    _run(qtbot, widget)
+    # The target is much lighter (L 80) than the tissue: normalised inputs are brighter.
+    assert min(normalised) > max(seen) + 0.05
+    assert load_settings("segment")["stain_normalize"] is False

@@ -18,6 +18,7 @@ from napari_histoseg.engine.infer import InferenceSettings
 from napari_histoseg.engine.jobs import load_model, segment_image, segment_slide
 from napari_histoseg.io.slide import open_slide
 from napari_histoseg.io.store import LabelStore, StoreError
+from napari_histoseg.io.tissue import image_stain_stats
 
 from .layers import Box, store_counts
 from .workers import cancel_on_forward
@@ -135,10 +136,18 @@ def segment_job(request: SegmentRequest, cancel: threading.Event, kept: list | N
             return outcome
         image = np.asarray(request.image)
         h, w = image.shape[:2]
+        # Every crop gets the colours of the whole image, as the blocks of a slide do.
+        stain = image_stain_stats(image) if request.settings.stain_normalize and card.stain_target else None
         for box in request.regions or [(0, 0, h, w)]:
             y0, x0, y1, x1 = box
             result = yield from segment_image(
-                image[y0:y1, x0:x1], model, card, request.settings, mpp=request.mpp, name=request.name
+                image[y0:y1, x0:x1],
+                model,
+                card,
+                request.settings,
+                mpp=request.mpp,
+                name=request.name,
+                stain_source=stain,
             )
             kept.append((box, result.labels))
         return SegmentOutcome(crops=list(kept), summary=result.summary())

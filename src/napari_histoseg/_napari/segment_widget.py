@@ -65,6 +65,11 @@ class SegmentWidget(Container):
         self.opening = SpinBox(label="opening radius", min=0, max=20, value=2)
         self.block = SpinBox(label="block (px)", min=256, max=8192, step=256, value=1024)
         self.skip_background = CheckBox(text="skip background (slides)", value=True)
+        self.stain_normalize = CheckBox(text="stain normalisation", value=True)
+        self.stain_normalize.tooltip = (
+            "map the slide's H&E colours onto the model's training data (Reinhard); "
+            "off for slides from the lab the model was trained on"
+        )
         self.extent = RadioButtons(label="segment", choices=EXTENTS, value=EXTENTS[0])
         self.shapes = ComboBox(label="regions", choices=self._layers(Shapes))
         self.output_dir = FileEdit(label="slide output folder", mode="d", value=default_output_dir())
@@ -80,13 +85,15 @@ class SegmentWidget(Container):
         self.result = Label(value="")
         self.extend([
             self.image, self.model, self.add_model, self.device, self.batch_size, self.tile, self.overlap,
-            self.opening, self.block, self.skip_background, self.extent, self.shapes, self.output_dir,
+            self.opening, self.block, self.skip_background, self.stain_normalize, self.extent, self.shapes,
+            self.output_dir,
             self.new_layer, self.measure, self.cellularity_map, self.scheduler, self.run_button,
             self.cancel_button, self.result,
         ])  # fmt: skip
         self._persisted = {
             "device": self.device, "batch_size": self.batch_size, "tile": self.tile, "overlap": self.overlap,
             "opening": self.opening, "block": self.block, "skip_background": self.skip_background,
+            "stain_normalize": self.stain_normalize,
             "extent": self.extent, "output_dir": self.output_dir, "scheduler": self.scheduler,
             "measure": self.measure, "cellularity_map": self.cellularity_map,
         }  # fmt: skip
@@ -136,6 +143,7 @@ class SegmentWidget(Container):
             block=self.block.value,
             opening_radius=self.opening.value,
             skip_background=self.skip_background.value,
+            stain_normalize=self.stain_normalize.value,
             batch_size=self.batch_size.value,
             device=self.device.value,
         )

@@ -25,7 +25,7 @@ from ..classes import CLASS_NAMES
 from ..cleanup import open_labels
 from ..engine.device import autocast_for, prepare_model, select_device
 from ..engine.predictor import BlockPredictor, logit_bias_tensor
-from ..engine.stain_transform import normalizer_for
+from ..engine.stain_transform import ReinhardNormalizer, normalizer_for
 from ..fileio import json_safe
 from ..metrics import SCALAR_METRICS, SegmentationMetrics
 from ..stain import lab_stats
@@ -138,7 +138,7 @@ def evaluate_model(
     class_weights: Sequence[float] | np.ndarray | None = None,
     whole_max: int = DEFAULT_WHOLE_MAX,
     logit_bias: Sequence[float] = (),
-    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    normalize: ReinhardNormalizer | None = None,
 ) -> Generator[EvalProgress | EvalResult, None, EvalResult]:
     """Score ``model`` on decoded ``samples``; yields an :class:`EvalProgress` per batch, then the result.
 

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..engine.device import select_device
+from ..engine.stain_transform import normalizer_for
 from ..fileio import atomic_write, json_safe
 from ..model.checkpoint import card_for, finetune_config, load_matching_weights, save_checkpoint
 from ..model.resunetpp import ModelConfig, ResUNetPlusPlus, build_model, count_parameters
@@ -363,6 +364,8 @@ def train(
     logit_bias = logit_adjustment(class_weights)
     stain = lab_stats([s.image for s in train_samples])  # the colours inference maps slides onto
     stain_target = stain.to_dict() if stain is not None else {}
+    # Validation sees what `histoseg evaluate` sees: the val images' pooled colours mapped onto the training data's.
+    val_normalize = normalizer_for(lab_stats([s.image for s in val_samples]), stain)
 
     def save_model(stem: str, epoch: int, metrics: dict, score: float) -> str:
         training = {
@@ -448,7 +451,7 @@ def train(
             score = float("nan")
             t_val = time.perf_counter()
             if epoch % config.val_every == 0 or epoch == config.epochs or stopped_early:
-                val = validate_model(model, val_samples, device, config, class_weights, logit_bias)
+                val = validate_model(model, val_samples, device, config, class_weights, logit_bias, val_normalize)
                 score = selection_score(val, config.select_metric)
                 if plateau is not None and math.isfinite(score) and global_step >= config.warmup:
                     plateau.step(score)
@@ -530,9 +533,10 @@ def validate_model(
     config: TrainConfig,
     class_weights: np.ndarray,
     logit_bias: Sequence[float],
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Validation metrics of ``model`` on whole images (``evaluate.evaluate_model``), deciding the classes as the
-    saved checkpoint will at inference (with its logit bias); leaves the model in eval."""
+    saved checkpoint will at inference (with its logit bias and stain normaliser); leaves the model in eval."""
     result = None
     for event in evaluate_model(
         model,
@@ -543,6 +547,7 @@ def validate_model(
         amp=config.amp,
         class_weights=class_weights,
         logit_bias=logit_bias,
+        normalize=normalize,
     ):
         result = event
     assert isinstance(result, EvalResult)
