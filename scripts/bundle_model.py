@@ -49,8 +49,12 @@ def main() -> None:
         card.stain_target = lab_stats([s.image for s in samples]).to_dict()
     run_dir = args.checkpoint.parent
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    # A fine-tuned run (stage 2) also records the settings of the run it started from (stage 1).
-    init_config = Path(config["init"]).parent / "config.json" if config.get("init") else None
+    # A fine-tuned run also records the settings of the runs it started from (stage 2, then stage 1, ...).
+    init_settings = []
+    previous = config
+    while previous.get("init") and (Path(previous["init"]).parent / "config.json").exists():
+        previous = json.loads((Path(previous["init"]).parent / "config.json").read_text())
+        init_settings.append(previous)
     TARGET.parent.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(TARGET, model, card, half=True)  # evaluated as shipped (half precision, stain target)
     result = run_evaluation(args.val, path, device="cpu")
@@ -65,7 +69,7 @@ def main() -> None:
         "data": DATA_NOTE,
         "command": "scripts/train_default.sh runs/default",
         "settings": config,
-        "init_settings": json.loads(init_config.read_text()) if init_config and init_config.exists() else None,
+        "init_settings": init_settings,  # the run fine-tuned from first, then the one it started from, ...
         "hardware": args.hardware,
         "training_time": args.training_time,
         "bundled_from": str(
