@@ -26,7 +26,10 @@ SETTINGS = InferenceSettings(block=256, skip_background=False, opening_radius=1,
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = build_model(ModelConfig(widths=(4, 8), bridge=8, aspp_rates=(2,)))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, card_for(model, mpp=0.5))
+    # With training colours on the card, the workers must apply the driver's stain normaliser like one process does.
+    stain = {"method": "reinhard", "lab_mean": [69.0, 24.0, -19.6], "lab_std": [14.7, 8.8, 10.7]}
+    card = card_for(model, mpp=0.5, stain_target=stain)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, card)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +70,7 @@ def test_local_cluster_output_identical(tmp_path, slide_path, checkpoint, single
     store = LabelStore.open(out)
     np.testing.assert_array_equal(store.levels[0][:], single_process)
     assert len(store.done_blocks()) == 16 and store.info["complete"]
+    assert store.info["stain"]["target"]["lab_mean"] == [69.0, 24.0, -19.6]
     assert result.class_counts == np.bincount(single_process.ravel(), minlength=4).tolist()
 
 
@@ -83,6 +87,19 @@ def test_killed_worker_blocks_are_retried(tmp_path, slide_path, checkpoint, sing
     assert killed is not None
     assert killed not in client.run(os.getpid).values()  # the worker really died (its nanny started another)
     np.testing.assert_array_equal(LabelStore.open(out).levels[0][:], single_process)
+
+
+@pytest.mark.slow
+def test_tissue_mask_is_read_by_the_driver_not_the_cluster(tmp_path, slide_path, checkpoint, client):
+    """With tissue skipping (the default), the thumbnail is read locally even though a client is active: its dask
+    graph holds the open slide file, which cannot be shipped to workers."""
+    settings = InferenceSettings(block=256, skip_background=True, opening_radius=1, batch_size=4)
+    model, card = load_checkpoint(checkpoint)
+    with open_slide(slide_path) as slide:
+        run(segment_slide(slide, model, card, tmp_path / "one.zarr", settings))
+        run(segment_slide_distributed(slide, checkpoint, tmp_path / "dist.zarr", settings, client))
+    one, dist = LabelStore.open(tmp_path / "one.zarr"), LabelStore.open(tmp_path / "dist.zarr")
+    np.testing.assert_array_equal(dist.levels[0][:], one.levels[0][:])
 
 
 def test_unreachable_scheduler_is_a_clear_error():

@@ -39,7 +39,8 @@ def slide_thumbnail(slide: Slide, *, max_size: int = 2048) -> tuple[np.ndarray, 
     if max_size < 16:
         raise ValueError(f"max_size must be at least 16 pixels, got {max_size}")
     level = _pick_level(slide, max_size)
-    return np.asarray(slide.levels[level].compute())[..., :3], slide.downsample(level)
+    # Local threads even when a dask.distributed client exists: the graph holds the open file, and the driver reads.
+    return np.asarray(slide.levels[level].compute(scheduler="threads"))[..., :3], slide.downsample(level)
 
 
 def image_stain_stats(rgb: np.ndarray, *, max_size: int = 2048) -> LabStats | None:
