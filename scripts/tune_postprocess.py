@@ -20,22 +20,34 @@ import numpy as np
 import torch
 
 from napari_histoseg.cleanup import open_labels
+from napari_histoseg.engine.stain_transform import normalizer_for
 from napari_histoseg.metrics import SegmentationMetrics
 from napari_histoseg.model.checkpoint import load_checkpoint
+from napari_histoseg.stain import lab_stats
 from napari_histoseg.training.data import find_pairs, load_pairs
 from napari_histoseg.training.dataset import EvalDataset
 
 
-def cached_logits(checkpoint: str, data_dir: str) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], list]:
-    """(logits (C, H, W), gt labels, gt instances) per image of ``data_dir``, and the card's logit bias."""
+def cached_logits(
+    checkpoint: str, data_dir: str, stain_normalize: bool = True
+) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], list]:
+    """(logits (C, H, W), gt labels, gt instances) per image of ``data_dir``, and the card's logit bias.
+
+    The images are stain-normalised as ``histoseg evaluate`` does (folder colours pooled) unless told not to.
+    """
     model, card = load_checkpoint(checkpoint, device="cpu")
     model.eval()
     samples, _ = load_pairs(find_pairs(data_dir))
+    normalize = None
+    if stain_normalize and card.stain_stats is not None:
+        normalize = normalizer_for(lab_stats([s.image for s in samples]), card.stain_stats)
     dataset = EvalDataset(samples, multiple=int(model.config.divisor))
     out = []
     with torch.inference_mode():
         for i in range(len(dataset)):
             image, labels, inst, (h, w), _ = dataset[i]
+            if normalize is not None:
+                image = normalize(image)
             logits = model(image[None])[0, :, :h, :w].float().numpy()
             out.append((logits, labels[:h, :w].numpy(), inst[:h, :w].numpy() if inst.numel() else None))
     return out, card.logit_bias
@@ -49,9 +61,10 @@ def main() -> None:
     p.add_argument("--taus", default="0,0.25,0.5,0.75,1")
     p.add_argument("--radii", default="0,1,2,3")
     p.add_argument("--min-areas", default="4,8,12,16,24")
+    p.add_argument("--no-stain-norm", action="store_true", help="score the images' own colours")
     args = p.parse_args()
 
-    cache, card_bias = cached_logits(args.checkpoint, args.data_dir)
+    cache, card_bias = cached_logits(args.checkpoint, args.data_dir, stain_normalize=not args.no_stain_norm)
     bias = np.asarray(card_bias or np.zeros(cache[0][0].shape[0]), dtype=np.float32)
     if args.class_weights:
         bias = -np.log(np.asarray(json.loads(Path(args.class_weights).read_text())["class_weights"], np.float32))
