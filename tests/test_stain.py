@@ -101,7 +101,7 @@ def test_card_records_the_stain_target(tmp_path):
     path = save_checkpoint(tmp_path / "stained", model, card)
     assert read_card(path).stain_stats == TARGET
     d = card.to_dict()
-    with pytest.raises(ValueError, match="LAB std"):
+    with pytest.raises(ValueError, match="stain_target: LAB std"):
         ModelCard.from_dict({**d, "stain_target": {"method": "reinhard", "lab_mean": [1, 2, 3], "lab_std": [1, 0, 1]}})
     del d["stain_target"]  # a card written before the field existed: no normalisation
     assert ModelCard.from_dict(d).stain_stats is None

@@ -98,7 +98,10 @@ class ModelCard:
         if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bias):
             raise ValueError(f"model card logit_bias must hold finite numbers, got {bias!r}")
         if d.get("stain_target"):
-            LabStats.from_dict(d["stain_target"])
+            try:
+                LabStats.from_dict(d["stain_target"])
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"model card stain_target: {err}") from err
         return cls(**d)
 
     @property
