@@ -101,7 +101,7 @@ class ModelCard:
             try:
                 LabStats.from_dict(d["stain_target"])
             except (ValueError, TypeError) as err:
-                raise ValueError(f"model card stain_target: {err}") from err
+                raise ValueError(f"stain_target: {err}") from err
         return cls(**d)
 
     @property
