@@ -9,17 +9,18 @@
 #   stage 2  RUN_DIR/stage2: fine-tuned from stage 1's best, lr 5e-4 with 50 warm-up steps, 45 epochs,
 #            stain jitter 0.05 (stronger colour augmentation for other labs' staining).
 #   stage 3  RUN_DIR/stage3: fine-tuned from stage 2's best, lr 3e-4 with 50 warm-up steps, 30 epochs, stain
-#            jitter 0.1, validated with stain normalisation (what inference does since stage 3 was added).
-# Every epoch is validated on CoNSeP val (its pooled colours mapped onto the training data's); the checkpoint with
+#            jitter 0.1.
+# Every epoch is validated on CoNSeP val (its pooled colours mapped onto the training data's, as inference does;
+# the bundled model's stages 1 and 2 ran before that existed and were validated on the raw colours); the checkpoint with
 # the best score (mean of detection F1, tumor type F1 and mean cell Dice) is kept as RUN_DIR/stage3/best.safetensors,
 # recording mpp 0.25 (CoNSeP is 40x), the logit bias -log(w_c) that undoes the class weighting at inference and the
 # training images' colour statistics (stain normalisation target). Bundle it with scripts/bundle_model.py.
 #
 # Measured on a 2-core CPU (torch 2.13, fp32): ~2 min per epoch on idle cores (stage 1 took 102 min of epoch
-# time on shared cores, stage 2 about 2 h). On a GPU the whole script takes minutes; there, more epochs
+# time on shared cores, stage 2 128 min, stage 3 63 min). On a GPU the whole script takes minutes; there, more epochs
 # (e.g. stage 2 with --epochs 200) and --width 1.0 are the better model.
 #
-# Usage: scripts/train_default.sh [RUN_DIR] [extra histoseg train options for both stages...]
+# Usage: scripts/train_default.sh [RUN_DIR] [extra histoseg train options for every stage...]
 # Rerun the same command to resume an interrupted run: a stage with a state file continues where it stopped
 # (a finished stage does nothing more).
 set -euo pipefail
