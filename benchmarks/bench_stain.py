@@ -7,6 +7,7 @@ each way (their count and how many are tumor).
 
     python benchmarks/bench_stain.py              # a 1024 px region (~2048 px at the model's resolution)
     python benchmarks/bench_stain.py --size 2048
+    python benchmarks/bench_stain.py --mpp 0.25   # as if 40x: no upsampling, the transform's share is largest
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="side of the region, in slide pixels")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mpp", type=float, default=MPP, help="microns per pixel to treat the region as")
     args = parser.parse_args()
 
     slide = tifffile.imread(sample_path())
@@ -40,7 +42,7 @@ def main() -> None:
     region = np.ascontiguousarray(slide[y0 : y0 + args.size, x0 : x0 + args.size, :3])
     model, card = load_model(None)
     source = image_stain_stats(slide)  # the whole sample's colours, as a slide run measures them
-    print(f"model {card.name}, region {region.shape[0]} x {region.shape[1]} px at {MPP} um/px, device {args.device}")
+    print(f"model {card.name}, region {region.shape[0]} x {region.shape[1]} px at {args.mpp} um/px on {args.device}")
     print(f"slide LAB mean {np.round(source.mean, 1)}, training LAB mean {np.round(card.stain_stats.mean, 1)}")
 
     seconds: dict[bool, list[float]] = {True: [], False: []}
@@ -49,7 +51,7 @@ def main() -> None:
         for normalize in (True, False):
             settings = InferenceSettings(stain_normalize=normalize, device=args.device, skip_background=False)
             t0 = time.perf_counter()
-            result = run(segment_image(region, model, card, settings, mpp=MPP, stain_source=source))
+            result = run(segment_image(region, model, card, settings, mpp=args.mpp, stain_source=source))
             seconds[normalize].append(time.perf_counter() - t0)
             labels[normalize] = result.labels
 
