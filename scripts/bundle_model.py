@@ -14,8 +14,7 @@ import json
 from pathlib import Path
 
 from napari_histoseg.model.checkpoint import load_checkpoint, save_checkpoint
-from napari_histoseg.stain import lab_stats
-from napari_histoseg.training.data import find_pairs, load_pairs
+from napari_histoseg.training.data import find_pairs, load_pairs, pooled_stain_stats
 from napari_histoseg.training.evaluate import format_metrics, run_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +45,7 @@ def main() -> None:
     model, card = load_checkpoint(args.checkpoint)
     if not card.stain_target:  # checkpoints trained before training recorded it
         samples, _ = load_pairs(find_pairs(args.train))
-        card.stain_target = lab_stats([s.image for s in samples]).to_dict()
+        card.stain_target = pooled_stain_stats(samples).to_dict()
     run_dir = args.checkpoint.parent
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
     # A fine-tuned run also records the settings of the runs it started from (stage 2, then stage 1, ...).

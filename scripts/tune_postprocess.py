@@ -23,8 +23,7 @@ from napari_histoseg.cleanup import open_labels
 from napari_histoseg.engine.stain_transform import normalizer_for
 from napari_histoseg.metrics import SegmentationMetrics
 from napari_histoseg.model.checkpoint import load_checkpoint
-from napari_histoseg.stain import lab_stats
-from napari_histoseg.training.data import find_pairs, load_pairs
+from napari_histoseg.training.data import find_pairs, load_pairs, pooled_stain_stats
 from napari_histoseg.training.dataset import EvalDataset
 
 
@@ -40,7 +39,7 @@ def cached_logits(
     samples, _ = load_pairs(find_pairs(data_dir))
     normalize = None
     if stain_normalize and card.stain_stats is not None:
-        normalize = normalizer_for(lab_stats([s.image for s in samples]), card.stain_stats)
+        normalize = normalizer_for(pooled_stain_stats(samples), card.stain_stats)
     dataset = EvalDataset(samples, multiple=int(model.config.divisor))
     out = []
     with torch.inference_mode():

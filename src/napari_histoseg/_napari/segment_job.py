@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from napari_histoseg.engine.infer import InferenceSettings
-from napari_histoseg.engine.jobs import load_model, segment_image, segment_slide
+from napari_histoseg.engine.jobs import load_model, normalizes_stain, segment_image, segment_slide
 from napari_histoseg.io.slide import open_slide
 from napari_histoseg.io.store import LabelStore, StoreError
 from napari_histoseg.io.tissue import image_stain_stats
@@ -137,7 +137,7 @@ def segment_job(request: SegmentRequest, cancel: threading.Event, kept: list | N
         image = np.asarray(request.image)
         h, w = image.shape[:2]
         # Every crop gets the colours of the whole image, as the blocks of a slide do.
-        stain = image_stain_stats(image) if request.settings.stain_normalize and card.stain_target else None
+        stain = image_stain_stats(image) if normalizes_stain(card, request.settings) else None
         for box in request.regions or [(0, 0, h, w)]:
             y0, x0, y1, x1 = box
             result = yield from segment_image(

@@ -84,6 +84,11 @@ def _check_model_fits(name: str, shape: tuple[int, int], settings: InferenceSett
         raise SegmentationError(f"{name}: the image is empty (shape {shape})")
 
 
+def normalizes_stain(card: ModelCard, settings: InferenceSettings) -> bool:
+    """Whether a job maps colours: the settings ask for it and the model records its training colours."""
+    return settings.stain_normalize and card.stain_stats is not None
+
+
 def stain_normalizer(
     card: ModelCard, settings: InferenceSettings, source: LabStats | None, name: str
 ) -> ReinhardNormalizer | None:
@@ -92,7 +97,7 @@ def stain_normalizer(
     ``None`` when the settings turn it off, the model records no training colours, or the image holds too little
     tissue to measure (said in the log).
     """
-    if not settings.stain_normalize or card.stain_stats is None:
+    if not normalizes_stain(card, settings):
         return None
     if source is None:
         log.warning("%s: too little tissue to measure its stain colours; segmenting it without normalisation", name)
@@ -123,7 +128,7 @@ def segment_image(
     plan = plan_resolution([mpp or card.mpp], card.mpp)
     predictor = make_predictor(model, settings, card.logit_bias)
     sink = ArraySink(image.shape[:2], probabilities=settings.probabilities)
-    if settings.stain_normalize and card.stain_stats is not None and stain_source is None:
+    if stain_source is None and normalizes_stain(card, settings):
         from ..io.tissue import image_stain_stats
 
         stain_source = image_stain_stats(image)
@@ -169,7 +174,7 @@ def prepare_slide_job(
     shape = (int(image.shape[0]), int(image.shape[1]))
     _check_model_fits(slide.path.name, shape, settings, divisor)
     downsample = slide.downsample(plan.level)
-    normalizing = settings.stain_normalize and card.stain_stats is not None
+    normalizing = normalizes_stain(card, settings)
     tissue, normalize = None, None
     if settings.skip_background or normalizing:
         thumbnail, thumbnail_downsample = slide_thumbnail(slide)  # read once: it may be built from level 0
@@ -200,9 +205,7 @@ def prepare_slide_job(
             "downsample": downsample,
             "mpp": plan.output_mpp,
             "model": {"name": card.name, "sha256": card.sha256, "mpp": card.mpp},
-            "stain": None
-            if normalize is None
-            else {"source": normalize.source.to_dict(), "target": normalize.target.to_dict()},
+            "stain": None if normalize is None else normalize.to_dict(),
         },
     )
     blocks = None if region is None else _blocks_in_region(region, downsample, shape, settings.block)

@@ -53,6 +53,10 @@ class ReinhardNormalizer:
         self._scale = scale.float()
         self._shift = (torch.tensor(target.mean, dtype=torch.float64) - scale * torch.tensor(source.mean)).float()
 
+    def to_dict(self) -> dict:
+        """``{"source": ..., "target": ...}`` as :meth:`LabStats.to_dict` (what results record)."""
+        return {"source": self.source.to_dict(), "target": self.target.to_dict()}
+
     def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
         lab = rgb_to_lab(rgb.float())
         moved = lab * self._scale.to(lab).view(3, 1, 1) + self._shift.to(lab).view(3, 1, 1)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES
+from ..stain import LabStats, lab_stats
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ class Sample:
     image: np.ndarray
     labels: np.ndarray
     inst: np.ndarray | None
+
+
+def pooled_stain_stats(samples: Sequence[Sample]) -> LabStats | None:
+    """Colour statistics of a set of decoded pairs, pooled: a folder of patches stands for one slide (the
+    statistics of a single patch depend too much on what it shows). ``None`` with too little tissue."""
+    return lab_stats([s.image for s in samples])
 
 
 def _files(folder: Path) -> list[Path]:

@@ -28,8 +28,7 @@ from ..engine.predictor import BlockPredictor, logit_bias_tensor
 from ..engine.stain_transform import ReinhardNormalizer, normalizer_for
 from ..fileio import json_safe
 from ..metrics import SCALAR_METRICS, SegmentationMetrics
-from ..stain import lab_stats
-from .data import Sample, find_pairs, load_pairs
+from .data import Sample, find_pairs, load_pairs, pooled_stain_stats
 from .dataset import EvalDataset
 
 log = logging.getLogger(__name__)
@@ -215,9 +214,7 @@ def evaluate_model(
             "whole_max": whole_max,
             "batch_size": batch_size,
             "logit_bias": [float(b) for b in logit_bias],
-            "stain": None
-            if normalize is None
-            else {"source": normalize.source.to_dict(), "target": normalize.target.to_dict()},
+            "stain": None if normalize is None else normalize.to_dict(),
         },
     )
     yield result
@@ -238,8 +235,7 @@ def evaluate(
     """Evaluate checkpoint ``checkpoint`` on the folder pairs under ``data_dir`` (``histoseg evaluate``).
 
     With ``stain_normalize`` and a card that records its training colours, the images are stain-normalised as
-    inference does, with the colour statistics pooled over the whole folder (the folder stands for one slide:
-    the statistics of a single 256 px patch depend too much on what it shows).
+    inference does, with the colour statistics pooled over the whole folder (``data.pooled_stain_stats``).
 
     Raises :class:`~napari_histoseg.training.data.DatasetError` for unusable data and
     :class:`~napari_histoseg.model.checkpoint.CheckpointError` for an unusable checkpoint, before any work.
@@ -252,7 +248,7 @@ def evaluate(
     model = prepare_model(model, torch_device, channels_last=True)
     normalize = None
     if stain_normalize and card.stain_stats is not None:
-        normalize = normalizer_for(lab_stats([s.image for s in samples]), card.stain_stats)
+        normalize = normalizer_for(pooled_stain_stats(samples), card.stain_stats)
     result = None
     for event in evaluate_model(
         model,

@@ -42,17 +42,16 @@ import torch.nn.functional as F
 
 from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..engine.device import select_device
-from ..engine.stain_transform import normalizer_for
+from ..engine.stain_transform import ReinhardNormalizer, normalizer_for
 from ..fileio import atomic_write, json_safe
 from ..model.checkpoint import card_for, finetune_config, load_matching_weights, save_checkpoint
 from ..model.resunetpp import ModelConfig, ResUNetPlusPlus, build_model, count_parameters
-from ..stain import lab_stats
 from .config import (
     DEFAULT_VAL_FRACTION,
     TrainConfig,
     TrainConfigError,
 )
-from .data import find_pairs, load_pairs, split_by_image, weights_from_counts
+from .data import find_pairs, load_pairs, pooled_stain_stats, split_by_image, weights_from_counts
 from .dataset import PatchDataset, default_num_workers, make_loader
 from .evaluate import EvalResult, evaluate_model
 from .run_folder import (
@@ -362,10 +361,10 @@ def train(
     }
 
     logit_bias = logit_adjustment(class_weights)
-    stain = lab_stats([s.image for s in train_samples])  # the colours inference maps slides onto
+    stain = pooled_stain_stats(train_samples)  # the colours inference maps slides onto
     stain_target = stain.to_dict() if stain is not None else {}
     # Validation sees what `histoseg evaluate` sees: the val images' pooled colours mapped onto the training data's.
-    val_normalize = normalizer_for(lab_stats([s.image for s in val_samples]), stain)
+    val_normalize = normalizer_for(pooled_stain_stats(val_samples), stain)
 
     def save_model(stem: str, epoch: int, metrics: dict, score: float) -> str:
         training = {
@@ -533,7 +532,7 @@ def validate_model(
     config: TrainConfig,
     class_weights: np.ndarray,
     logit_bias: Sequence[float],
-    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    normalize: ReinhardNormalizer | None = None,
 ) -> dict:
     """Validation metrics of ``model`` on whole images (``evaluate.evaluate_model``), deciding the classes as the
     saved checkpoint will at inference (with its logit bias and stain normaliser); leaves the model in eval."""
