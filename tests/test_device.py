@@ -7,12 +7,15 @@ import contextlib
 import pytest
 import torch
 
+from napari_histoseg.engine import device as device_module
 from napari_histoseg.engine.device import (
     DeviceError,
     autocast_for,
     available_devices,
+    cpu_has_amx_bf16,
     prepare_model,
     select_device,
+    training_autocast,
 )
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
 
@@ -69,6 +72,22 @@ def test_autocast_is_a_no_op_on_cpu():
     with ctx:
         y = torch.nn.functional.conv2d(torch.rand(1, 3, 8, 8), torch.rand(2, 3, 3, 3))
     assert y.dtype == torch.float32
+
+
+def test_amx_detection_reads_the_cpu_capabilities():
+    found = torch.cpu.get_capabilities()
+    assert cpu_has_amx_bf16() == bool(found.get("amx_bf16") and found.get("amx_tile"))
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_training_autocast_on_cpu_is_bf16_only_with_amx(monkeypatch, amx):
+    monkeypatch.setattr(device_module, "cpu_has_amx_bf16", lambda: amx)
+    model = build_model(ModelConfig.scaled(0.25))
+    with training_autocast("cpu"):
+        y = model(torch.rand(2, 3, 32, 32))
+    assert y.dtype == (torch.bfloat16 if amx else torch.float32)
+    y.float().mean().backward()  # gradients reach the fp32 weights in both cases
+    assert model.stem.conv[0].weight.grad.dtype == torch.float32
 
 
 def test_prepare_model_on_cpu():

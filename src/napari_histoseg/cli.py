@@ -261,7 +261,7 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=defaults.device)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--num-workers", type=int)
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast (CUDA, AMX CPUs)")
     p.add_argument("--model-mpp", type=float, help="microns per pixel of the training images (CoNSeP: 0.25)")
     p.add_argument("--select-metric", default=defaults.select_metric, help="validation score that picks the best")
     p.add_argument("--val-every", type=int, default=defaults.val_every)

@@ -64,6 +64,29 @@ def select_device(preference: str | torch.device = "auto") -> torch.device:
     return torch.device("cuda", i)
 
 
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in AMX tiles (Xeon Sapphire Rapids and later).
+
+    Only there is bf16 autocast faster than fp32 on a CPU: a ResUNet++ training step at width 1.0, batch 8,
+    256 px took 3.0 s in bf16 against 8.0 s in fp32 on two such cores.
+    """
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is None:  # torch < 2.6
+        return False
+    found = capabilities()
+    return bool(found.get("amx_bf16") and found.get("amx_tile"))
+
+
+def training_autocast(device: str | torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for training steps: bf16 autocast on CUDA with bf16 and on CPUs with AMX, else none."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and cpu_has_amx_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def autocast_for(device: str | torch.device) -> contextlib.AbstractContextManager:
     """Mixed precision for inference: bf16 autocast on CUDA (fp16 where bf16 is unsupported), none elsewhere.
 

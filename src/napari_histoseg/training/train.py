@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..classes import CLASS_NAMES, NUM_CLASSES
-from ..engine.device import select_device
+from ..engine.device import select_device, training_autocast
 from ..engine.stain_transform import ReinhardNormalizer, normalizer_for
 from ..fileio import atomic_write, json_safe
 from ..model.checkpoint import card_for, finetune_config, load_matching_weights, save_checkpoint
@@ -341,7 +341,6 @@ def train(
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.epochs
     weights_t = torch.as_tensor(class_weights, device=device)
-    use_amp = config.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
     threads = torch.get_num_threads()
     if device.type == "cpu" and workers > 0:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -421,7 +420,7 @@ def train(
                 lr = optimizer.param_groups[0]["lr"]
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 labels = labels.to(device, non_blocking=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
+                with training_autocast(device) if config.amp else contextlib.nullcontext():
                     logits = model(images)
                 loss = F.cross_entropy(logits.float(), labels, weight=weights_t)
                 optimizer.zero_grad(set_to_none=True)
