@@ -66,12 +66,14 @@ def test_cuda_index_checked():
         select_device(f"cuda:{count}")
 
 
-def test_autocast_is_a_no_op_on_cpu():
+@pytest.mark.parametrize("amx", [True, False])
+def test_inference_autocast_on_cpu_is_bf16_only_with_amx(monkeypatch, amx):
+    monkeypatch.setattr(device_module, "cpu_has_amx_bf16", lambda: amx)
     ctx = autocast_for("cpu")
-    assert isinstance(ctx, contextlib.nullcontext)
+    assert isinstance(ctx, contextlib.nullcontext) != amx
     with ctx:
         y = torch.nn.functional.conv2d(torch.rand(1, 3, 8, 8), torch.rand(2, 3, 3, 3))
-    assert y.dtype == torch.float32
+    assert y.dtype == (torch.bfloat16 if amx else torch.float32)
 
 
 def test_amx_detection_reads_the_cpu_capabilities():
@@ -98,7 +100,7 @@ def test_prepare_model_on_cpu():
     x = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast_for("cpu"):
         y = prepared(x)
-    assert y.shape == (2, 4, 32, 32) and y.dtype == torch.float32
+    assert y.shape == (2, 4, 32, 32) and y.dtype == (torch.bfloat16 if cpu_has_amx_bf16() else torch.float32)
     plain = prepare_model(build_model(ModelConfig.scaled(0.25)), "cpu", channels_last=False)
     assert plain.stem.conv[0].weight.is_contiguous()
 

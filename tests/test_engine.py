@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_histoseg.cleanup import open_labels
+from napari_histoseg.engine import device as device_module
 from napari_histoseg.engine.infer import InferenceProgress, InferenceResult, InferenceSettings, run, segment
 from napari_histoseg.engine.predictor import BlockPredictor
 from napari_histoseg.engine.resolution import ResolutionPlan, plan_resolution
@@ -66,7 +67,10 @@ def whole_image_reference(image: np.ndarray, model, tile: int, overlap: float, r
 
 def segment_in_memory(image, model, **kw) -> InferenceResult:
     settings = InferenceSettings(skip_background=False, **kw)
-    predictor = BlockPredictor(model, torch.device("cpu"), tile=settings.tile, batch_size=settings.batch_size)
+    # fp32, as the reference: these tests are about tiling, not precision (see test_bf16_autocast_...)
+    predictor = BlockPredictor(
+        model, torch.device("cpu"), tile=settings.tile, batch_size=settings.batch_size, amp=False
+    )
     sink = ArraySink(image.shape[:2], probabilities=settings.probabilities)
     return run(segment(image, predictor, sink, settings, PLAN))
 
@@ -105,6 +109,17 @@ def test_progress_events_and_probabilities(tissue_image, model):
     unopened = result.probabilities.argmax(-1)
     kept = result.labels > 0
     assert (unopened[kept] == result.labels[kept]).mean() > 0.9999  # normalising can create exact ties
+
+
+def test_bf16_autocast_on_an_amx_cpu_keeps_the_decisions(monkeypatch, tissue_image, model):
+    monkeypatch.setattr(device_module, "cpu_has_amx_bf16", lambda: True)  # bf16 runs (slowly) on any CPU
+    image = torch.from_numpy(tissue_image[:512, :512].copy()).permute(2, 0, 1).float() / 255
+    starts = [(0, 0), (0, 256), (256, 0), (256, 256)]
+    exact = BlockPredictor(model, torch.device("cpu"), tile=256, amp=False).predict(image, starts)
+    mixed = BlockPredictor(model, torch.device("cpu"), tile=256).predict(image, starts)
+    assert mixed.dtype == torch.float32 and not torch.equal(mixed, exact)  # bf16 really ran
+    agree = (mixed.argmax(0) == exact.argmax(0)).float().mean().item()
+    assert agree > 0.97, agree
 
 
 def test_logit_bias_shifts_the_blended_decision(tissue_image, model):
@@ -215,7 +230,7 @@ def test_out_of_memory_retries_with_a_smaller_batch(tissue_image, model):
     picky = Picky(model)
     image = tissue_image[:512, :512]
     settings = InferenceSettings(block=512, skip_background=False, batch_size=8)
-    predictor = BlockPredictor(picky, torch.device("cpu"), tile=256, batch_size=8)
+    predictor = BlockPredictor(picky, torch.device("cpu"), tile=256, batch_size=8, amp=False)
     result = run(segment(image, predictor, ArraySink(image.shape[:2]), settings, PLAN))
     assert predictor.batch_size == 2 and picky.sizes[:3] == [8, 4, 2]
     expected = segment_in_memory(image, model, block=512, batch_size=2)

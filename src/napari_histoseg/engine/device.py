@@ -77,26 +77,30 @@ def cpu_has_amx_bf16() -> bool:
     return bool(found.get("amx_bf16") and found.get("amx_tile"))
 
 
-def training_autocast(device: str | torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision for training steps: bf16 autocast on CUDA with bf16 and on CPUs with AMX, else none."""
-    device = torch.device(device)
+def _bf16_autocast(device: torch.device) -> contextlib.AbstractContextManager | None:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if device.type == "cpu" and cpu_has_amx_bf16():
         return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return None
+
+
+def training_autocast(device: str | torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for training steps: bf16 autocast on CUDA with bf16 and on CPUs with AMX, else none."""
+    return _bf16_autocast(torch.device(device)) or contextlib.nullcontext()
 
 
 def autocast_for(device: str | torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision for inference: bf16 autocast on CUDA (fp16 where bf16 is unsupported), none elsewhere.
+    """Mixed precision for inference: bf16 autocast on CUDA (fp16 where bf16 is unsupported) and on CPUs with AMX.
 
-    On CPU, bf16 autocast is slower than fp32 without AMX, and MPS gains little, so they run fp32.
+    Elsewhere fp32: on a CPU without AMX bf16 is slower than fp32, and MPS gains little. On this project's 2-core
+    AMX CPU, bf16 ran the width-1.0 network 1.45x faster (width 0.5: 1.13x) and moved the bundled model's CoNSeP
+    detection F1 by -0.003.
     """
     device = torch.device(device)
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.float16)
+    return _bf16_autocast(device) or contextlib.nullcontext()
 
 
 def prepare_model(

@@ -43,6 +43,7 @@ class InferenceSettings:
     batch_size: int = 8
     device: str = "auto"
     compile: bool = False
+    amp: bool = True  # bf16 autocast where it is faster (CUDA, CPUs with AMX); False: fp32 throughout
     prefetch: int = 2
 
     def __post_init__(self) -> None:

@@ -59,7 +59,12 @@ def make_predictor(
     device = select_device(settings.device)
     prepared = prepare_model(model, device, compile=settings.compile)
     predictor = BlockPredictor(
-        prepared, device, tile=settings.tile, batch_size=settings.batch_size, logit_bias=logit_bias
+        prepared,
+        device,
+        tile=settings.tile,
+        batch_size=settings.batch_size,
+        logit_bias=logit_bias,
+        amp=settings.amp,
     )
     predictor.num_classes = model.config.num_classes
     return predictor

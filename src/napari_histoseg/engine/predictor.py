@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -39,6 +40,7 @@ class BlockPredictor:
         tile: int,
         batch_size: int = 8,
         logit_bias: Sequence[float] = (),
+        amp: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -49,6 +51,7 @@ class BlockPredictor:
         self.weight = torch.from_numpy(gaussian_weight(tile)).to(device)
         self.num_classes = int(getattr(getattr(model, "config", None), "num_classes", 4))
         self.logit_bias = logit_bias_tensor(logit_bias, self.num_classes, device)  # added before the softmax
+        self.amp = amp  # mixed precision where it is faster (device.autocast_for)
 
     def to_device(self, region: np.ndarray) -> torch.Tensor:
         """Upload an (h, w, 3) uint8 region once, as (3, h, w) float in [0, 1] on the device."""
@@ -95,7 +98,7 @@ class BlockPredictor:
         t = self.tile
         batch = torch.stack([image[:, y : y + t, x : x + t] for y, x in starts])
         batch = batch.contiguous(memory_format=torch.channels_last)
-        with autocast_for(self.device):
+        with autocast_for(self.device) if self.amp else contextlib.nullcontext():
             logits = self.model(batch)
         logits = logits.float()
         if self.logit_bias is not None:

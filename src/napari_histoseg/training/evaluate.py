@@ -97,7 +97,7 @@ def _batches(dataset: EvalDataset, batch_size: int, whole_max: int) -> list[list
 
 
 def _windowed_probabilities(
-    model: torch.nn.Module, image: torch.Tensor, batch_size: int, logit_bias: Sequence[float] = ()
+    model: torch.nn.Module, image: torch.Tensor, batch_size: int, logit_bias: Sequence[float] = (), amp: bool = True
 ) -> torch.Tensor:
     """Class probabilities (C, H, W) of a large image from 256 px windows, Gaussian-blended like the engine."""
     from ..engine.tiling import WindowGrid, make_block
@@ -109,9 +109,9 @@ def _windowed_probabilities(
     padded = torch.ones((3, y1 - y0, x1 - x0), dtype=image.dtype, device=image.device)
     padded[:, -y0 : -y0 + h, -x0 : -x0 + w] = image
     device = image.device
-    predictor = BlockPredictor(model, device, tile=_WINDOW, batch_size=batch_size, logit_bias=logit_bias)
+    predictor = BlockPredictor(model, device, tile=_WINDOW, batch_size=batch_size, logit_bias=logit_bias, amp=amp)
     starts = [(int(y), int(x)) for y in block.window_starts[0] for x in block.window_starts[1]]
-    scores = predictor.predict(padded, starts)  # the engine's precision policy (bf16 on CUDA)
+    scores = predictor.predict(padded, starts)  # the engine's precision policy (device.autocast_for)
     scores = scores[:, -y0 : -y0 + h, -x0 : -x0 + w]
     return scores / scores.sum(dim=0, keepdim=True)
 
@@ -176,7 +176,7 @@ def evaluate_model(
         with torch.inference_mode():
             if max(items[0][3]) > whole_max:
                 h, w = items[0][3]
-                probs = _windowed_probabilities(model, images[0, :, :h, :w], batch_size, logit_bias)[None]
+                probs = _windowed_probabilities(model, images[0, :, :h, :w], batch_size, logit_bias, amp)[None]
                 logits = None
             else:
                 with autocast_for(device) if amp else contextlib.nullcontext():
