@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_histoseg.model.checkpoint import load_checkpoint, save_checkpoint
+from napari_histoseg.engine.device import cpu_has_amx_bf16
+from napari_histoseg.model.checkpoint import load_checkpoint, read_card, save_checkpoint
 from napari_histoseg.training.data import find_pairs, load_pairs, pooled_stain_stats
 from napari_histoseg.training.evaluate import format_metrics, run_evaluation
 
@@ -26,6 +27,24 @@ DATA_NOTE = (
     "inflammatory + spindle-shaped + other. CoNSeP is released for research use; cite the HoVer-Net paper. "
     "The weights are distributed under the package's BSD-3-Clause licence, with that data-use note."
 )
+
+
+def _init_chain(config: dict) -> list[dict]:
+    """Settings of the runs a fine-tuned run started from (stage 3, then stage 2, ...), through widenings."""
+    chain = []
+    init = config.get("init")
+    while init and Path(init).exists():
+        run_config = Path(init).parent / "config.json"
+        widened = read_card(init).training.get("widened_from")
+        if widened:  # scripts/widen_model.py output: record the widening, go on with the narrow run
+            chain.append({"widened_from": widened, "noise": read_card(init).training.get("noise")})
+            init = widened
+        elif run_config.exists():
+            chain.append(json.loads(run_config.read_text()))
+            init = chain[-1].get("init")
+        else:
+            break
+    return chain
 
 
 def main() -> None:
@@ -48,12 +67,7 @@ def main() -> None:
         card.stain_target = pooled_stain_stats(samples).to_dict()
     run_dir = args.checkpoint.parent
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    # A fine-tuned run also records the settings of the runs it started from (stage 2, then stage 1, ...).
-    init_settings = []
-    previous = config
-    while previous.get("init") and (Path(previous["init"]).parent / "config.json").exists():
-        previous = json.loads((Path(previous["init"]).parent / "config.json").read_text())
-        init_settings.append(previous)
+    init_settings = _init_chain(config)
     TARGET.parent.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(TARGET, model, card, half=True)  # evaluated as shipped (half precision, stain target)
     result = run_evaluation(args.val, path, device="cpu")
@@ -80,6 +94,7 @@ def main() -> None:
         "consep_val_no_stain_norm": plain.to_dict()["metrics"],
         "stain_normalization": "consep_val: colours of the val folder (pooled) mapped onto the training data's",
         "evaluated_with": "histoseg evaluate (match radius 12 px)",
+        "precision": "bf16 autocast (CPU with AMX)" if cpu_has_amx_bf16() else "float32",
     }
     path = save_checkpoint(TARGET, model, card, half=True)
     load_checkpoint(path)  # the shipped file must load, sha256 included
