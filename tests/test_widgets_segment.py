@@ -310,3 +310,29 @@ def test_stain_normalisation_checkbox_maps_colours_before_the_model(
     # The target is much lighter (L 80) than the tissue: normalised inputs are brighter.
     assert min(normalised) > max(seen) + 0.05
     assert load_settings("segment")["stain_normalize"] is False
+
+
+def test_test_time_flips_checkbox_runs_four_flips_per_window(
+    make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch
+) -> None:
+    batches: list[int] = []
+    real_load = segment_job.load_model
+
+    def load_and_watch(path):
+        net, c = real_load(path)
+        net.register_forward_pre_hook(lambda _m, args: batches.append(int(args[0].shape[0])))
+        return net, c
+
+    monkeypatch.setattr(segment_job, "load_model", load_and_watch)
+    viewer = make_napari_viewer()
+    viewer.add_image(real_tissue(128, 128, y=700, x=1000), rgb=True, name="tissue")
+    widget = _widget(viewer, tiny_checkpoint, tile=128, batch_size=1)
+    assert widget.test_time_flips.value is False  # off by default: it costs 4x the time
+    _run(qtbot, widget)
+    plain, batches[:] = list(batches), []
+    widget.test_time_flips.value = True
+    assert widget.request().settings.test_time_flips is True
+    _run(qtbot, widget)
+    assert plain and set(plain) == {1} and set(batches) == {4}  # each window with its three flips
+    assert load_settings("segment")["test_time_flips"] is True
+    assert viewer.layers[-1].data.max() > 0

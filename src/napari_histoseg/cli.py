@@ -41,6 +41,7 @@ class _Progress:
 
 
 _FP32_HELP = "compute in float32 throughout (default: bf16 autocast where faster: CUDA, CPUs with AMX)"
+_TTA_HELP = "test-time augmentation: average the logits over the four flips of the image (4x the work, more accurate)"
 _NO_STAIN_HELP = "do not map the image's stain colours onto the model's training data (Reinhard normalisation)"
 
 
@@ -59,6 +60,7 @@ def _settings(args: argparse.Namespace):
         device=args.device,
         compile=args.compile,
         amp=not args.fp32,
+        test_time_flips=args.tta,
     )
 
 
@@ -156,6 +158,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--no-stain-norm", action="store_true", help=_NO_STAIN_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster run)")
     p.add_argument("--fp32", action="store_true", help=_FP32_HELP)
+    p.add_argument("--tta", action="store_true", help=_TTA_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming")
     p.add_argument("--no-cells", action="store_true", help="slides: skip the cells CSV, GeoJSON and summary")
     p.add_argument(
@@ -289,6 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         opening_radius=args.opening_radius,
         stain_normalize=not args.no_stain_norm,
         amp=not args.fp32,
+        test_time_flips=args.tta,
     )
     if args.json:
         print(result.to_json())
@@ -309,6 +313,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--opening-radius", type=int, default=DEFAULT_OPENING_RADIUS)
     p.add_argument("--no-stain-norm", action="store_true", help=_NO_STAIN_HELP)
     p.add_argument("--fp32", action="store_true", help=_FP32_HELP)
+    p.add_argument("--tta", action="store_true", help=_TTA_HELP)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 

@@ -70,6 +70,8 @@ class SegmentWidget(Container):
             "map the slide's H&E colours onto the model's training data (Reinhard); "
             "off for slides from the lab the model was trained on"
         )
+        self.test_time_flips = CheckBox(text="test-time flips (4x slower, more accurate)", value=False)
+        self.test_time_flips.tooltip = "average the model's output over the four flips of each tile"
         self.extent = RadioButtons(label="segment", choices=EXTENTS, value=EXTENTS[0])
         self.shapes = ComboBox(label="regions", choices=self._layers(Shapes))
         self.output_dir = FileEdit(label="slide output folder", mode="d", value=default_output_dir())
@@ -85,7 +87,8 @@ class SegmentWidget(Container):
         self.result = Label(value="")
         self.extend([
             self.image, self.model, self.add_model, self.device, self.batch_size, self.tile, self.overlap,
-            self.opening, self.block, self.skip_background, self.stain_normalize, self.extent, self.shapes,
+            self.opening, self.block, self.skip_background, self.stain_normalize, self.test_time_flips, self.extent,
+            self.shapes,
             self.output_dir,
             self.new_layer, self.measure, self.cellularity_map, self.scheduler, self.run_button,
             self.cancel_button, self.result,
@@ -93,7 +96,7 @@ class SegmentWidget(Container):
         self._persisted = {
             "device": self.device, "batch_size": self.batch_size, "tile": self.tile, "overlap": self.overlap,
             "opening": self.opening, "block": self.block, "skip_background": self.skip_background,
-            "stain_normalize": self.stain_normalize,
+            "stain_normalize": self.stain_normalize, "test_time_flips": self.test_time_flips,
             "extent": self.extent, "output_dir": self.output_dir, "scheduler": self.scheduler,
             "measure": self.measure, "cellularity_map": self.cellularity_map,
         }  # fmt: skip
@@ -144,6 +147,7 @@ class SegmentWidget(Container):
             opening_radius=self.opening.value,
             skip_background=self.skip_background.value,
             stain_normalize=self.stain_normalize.value,
+            test_time_flips=self.test_time_flips.value,
             batch_size=self.batch_size.value,
             device=self.device.value,
         )

@@ -44,6 +44,7 @@ class InferenceSettings:
     device: str = "auto"
     compile: bool = False
     amp: bool = True  # bf16 autocast where it is faster (CUDA, CPUs with AMX); False: fp32 throughout
+    test_time_flips: bool = False  # average the logits over the four flips of each window (flips.py): 4x the work
     prefetch: int = 2
 
     def __post_init__(self) -> None:
@@ -55,7 +56,16 @@ class InferenceSettings:
 
     def result_settings(self) -> dict:
         """The settings that determine the output (a resumed run must match them)."""
-        keys = ("tile", "overlap", "block", "opening_radius", "skip_background", "probabilities", "stain_normalize")
+        keys = (
+            "tile",
+            "overlap",
+            "block",
+            "opening_radius",
+            "skip_background",
+            "probabilities",
+            "stain_normalize",
+            "test_time_flips",
+        )
         return {k: v for k, v in asdict(self).items() if k in keys}
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..classes import CLASS_NAMES
 from ..cleanup import open_labels
 from ..engine.device import autocast_for, prepare_model, select_device
+from ..engine.flips import FlipAveraged
 from ..engine.predictor import BlockPredictor, logit_bias_tensor
 from ..engine.stain_transform import ReinhardNormalizer, normalizer_for
 from ..fileio import json_safe
@@ -231,11 +232,13 @@ def evaluate(
     amp: bool = True,
     tolerance: int = 60,
     stain_normalize: bool = True,
+    test_time_flips: bool = False,
 ) -> Generator[EvalProgress | EvalResult, None, EvalResult]:
     """Evaluate checkpoint ``checkpoint`` on the folder pairs under ``data_dir`` (``histoseg evaluate``).
 
     With ``stain_normalize`` and a card that records its training colours, the images are stain-normalised as
     inference does, with the colour statistics pooled over the whole folder (``data.pooled_stain_stats``).
+    With ``test_time_flips`` the logits are averaged over four flips of each image (``engine.flips``).
 
     Raises :class:`~napari_histoseg.training.data.DatasetError` for unusable data and
     :class:`~napari_histoseg.model.checkpoint.CheckpointError` for an unusable checkpoint, before any work.
@@ -246,6 +249,8 @@ def evaluate(
     model, card = load_checkpoint(checkpoint, device="cpu")
     samples, _ = load_pairs(find_pairs(data_dir), tolerance=tolerance)
     model = prepare_model(model, torch_device, channels_last=True)
+    if test_time_flips:
+        model = FlipAveraged(model)
     normalize = None
     if stain_normalize and card.stain_stats is not None:
         normalize = normalizer_for(pooled_stain_stats(samples), card.stain_stats)
@@ -268,6 +273,7 @@ def evaluate(
     result.checkpoint = str(checkpoint)
     result.data_dir = str(data_dir)
     result.model_mpp = card.mpp
+    result.settings["test_time_flips"] = test_time_flips
     yield result
     return result
 
