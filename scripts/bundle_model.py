@@ -35,10 +35,14 @@ def _init_chain(config: dict) -> list[dict]:
     init = config.get("init")
     while init and Path(init).exists():
         run_config = Path(init).parent / "config.json"
-        widened = read_card(init).training.get("widened_from")
+        training = read_card(init).training
+        widened = training.get("widened_from")
         if widened:  # scripts/widen_model.py output: record the widening, go on with the narrow run
-            chain.append({"widened_from": widened, "noise": read_card(init).training.get("noise")})
+            chain.append({"widened_from": widened, "noise": training.get("noise")})
             init = widened
+            if not (Path(widened).parent / "config.json").exists():  # e.g. the bundled model: its card's record
+                chain[-1]["from"] = training.get("from")
+                break
         elif run_config.exists():
             chain.append(json.loads(run_config.read_text()))
             init = chain[-1].get("init")
@@ -74,6 +78,8 @@ def main() -> None:
     print(format_metrics(result.metrics))
     plain = run_evaluation(args.val, path, device="cpu", stain_normalize=False)
     print("without stain normalisation:\n" + format_metrics(plain.metrics))
+    flips = run_evaluation(args.val, path, device="cpu", test_time_flips=True)
+    print("with test-time flips:\n" + format_metrics(flips.metrics))
 
     card.name = "histoseg-default-consep"
     card.description = "ResUNet++ for tumor / non-tumor / boundary segmentation of H&E nuclei at 0.25 um/px."
@@ -92,6 +98,7 @@ def main() -> None:
     card.metrics = {
         "consep_val": result.to_dict()["metrics"],
         "consep_val_no_stain_norm": plain.to_dict()["metrics"],
+        "consep_val_test_time_flips": flips.to_dict()["metrics"],
         "stain_normalization": "consep_val: colours of the val folder (pooled) mapped onto the training data's",
         "evaluated_with": "histoseg evaluate (match radius 12 px)",
         "precision": "bf16 autocast (CPU with AMX)" if cpu_has_amx_bf16() else "float32",
