@@ -1,7 +1,7 @@
 """Stain normalisation (Reinhard et al. 2001): match a slide's colours to those the model was trained on.
 
 H&E colours vary a lot between labs and scanners; a network trained on one lab's slides can miss most nuclei on
-another's (on the CMU-1 sample the bundled model finds 91 cells without this, none tumor; 1,875 with it, 432
+another's (on the CMU-1 sample an earlier bundled model found 91 cells without this, none tumor; 1,875 with it, 432
 tumor). Reinhard's method shifts and scales each CIELAB channel of the tissue so its mean and standard deviation
 match the training data's. The statistics of a slide come from its low-resolution level once, so every tile of a
 slide gets the same colour transform (per-tile statistics would change with what each tile holds and leave seams).
