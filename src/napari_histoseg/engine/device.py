@@ -9,6 +9,8 @@ import re
 import torch
 from torch import nn
 
+from .flips import FlipAveraged
+
 logger = logging.getLogger(__name__)
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
@@ -104,9 +106,16 @@ def autocast_for(device: str | torch.device) -> contextlib.AbstractContextManage
 
 
 def prepare_model(
-    model: nn.Module, device: str | torch.device, *, channels_last: bool = True, compile: bool = False
+    model: nn.Module,
+    device: str | torch.device,
+    *,
+    channels_last: bool = True,
+    compile: bool = False,
+    test_time_flips: bool = False,
 ) -> nn.Module:
     """Model ready for inference: eval mode, on ``device``, channels_last, optionally ``torch.compile``-d.
+
+    With ``test_time_flips`` it is wrapped in :class:`~napari_histoseg.engine.flips.FlipAveraged`.
 
     Inputs should then be passed as ``x.to(device, memory_format=torch.channels_last)`` to avoid conversions.
     """
@@ -117,4 +126,4 @@ def prepare_model(
     if compile:
         # dynamic=False: windows have one fixed size, so one specialised graph is fastest.
         model = torch.compile(model, dynamic=False)
-    return model
+    return FlipAveraged(model) if test_time_flips else model

@@ -21,7 +21,6 @@ from ..io.store import ArraySink, LabelStore
 from ..model.checkpoint import ModelCard, load_checkpoint
 from ..stain import LabStats
 from .device import prepare_model, select_device
-from .flips import FlipAveraged
 from .infer import InferenceProgress, InferenceResult, InferenceSettings, TissueTest, segment
 from .predictor import BlockPredictor
 from .resolution import ResolutionPlan, plan_resolution
@@ -58,9 +57,7 @@ def make_predictor(
 ) -> BlockPredictor:
     """Put the model on the chosen device, ready for inference; ``logit_bias`` is its card's (ModelCard.logit_bias)."""
     device = select_device(settings.device)
-    prepared = prepare_model(model, device, compile=settings.compile)
-    if settings.test_time_flips:
-        prepared = FlipAveraged(prepared)
+    prepared = prepare_model(model, device, compile=settings.compile, test_time_flips=settings.test_time_flips)
     predictor = BlockPredictor(
         prepared,
         device,

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from ..classes import CLASS_NAMES
 from ..cleanup import open_labels
 from ..engine.device import autocast_for, prepare_model, select_device
-from ..engine.flips import FlipAveraged
 from ..engine.predictor import BlockPredictor, logit_bias_tensor
 from ..engine.stain_transform import ReinhardNormalizer, normalizer_for
 from ..fileio import json_safe
@@ -248,9 +247,7 @@ def evaluate(
     torch_device = select_device(device)
     model, card = load_checkpoint(checkpoint, device="cpu")
     samples, _ = load_pairs(find_pairs(data_dir), tolerance=tolerance)
-    model = prepare_model(model, torch_device, channels_last=True)
-    if test_time_flips:
-        model = FlipAveraged(model)
+    model = prepare_model(model, torch_device, channels_last=True, test_time_flips=test_time_flips)
     normalize = None
     if stain_normalize and card.stain_stats is not None:
         normalize = normalizer_for(pooled_stain_stats(samples), card.stain_stats)
