@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_histoseg.engine.device import cpu_has_amx_bf16
+from napari_histoseg.engine.device import cpu_has_fast_bf16
 from napari_histoseg.model.checkpoint import load_checkpoint, read_card, save_checkpoint
 from napari_histoseg.training.data import find_pairs, load_pairs, pooled_stain_stats
 from napari_histoseg.training.evaluate import format_metrics, run_evaluation
@@ -101,7 +101,7 @@ def main() -> None:
         "consep_val_test_time_flips": flips.to_dict()["metrics"],
         "stain_normalization": "consep_val: colours of the val folder (pooled) mapped onto the training data's",
         "evaluated_with": "histoseg evaluate (match radius 12 px)",
-        "precision": "bf16 autocast (CPU with AMX)" if cpu_has_amx_bf16() else "float32",
+        "precision": "bf16 autocast (CPU with bf16 units)" if cpu_has_fast_bf16() else "float32",
     }
     path = save_checkpoint(TARGET, model, card, half=True)
     load_checkpoint(path)  # the shipped file must load, sha256 included

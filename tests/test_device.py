@@ -12,7 +12,7 @@ from napari_histoseg.engine.device import (
     DeviceError,
     autocast_for,
     available_devices,
-    cpu_has_amx_bf16,
+    cpu_has_fast_bf16,
     prepare_model,
     select_device,
     training_autocast,
@@ -67,8 +67,8 @@ def test_cuda_index_checked():
 
 
 @pytest.mark.parametrize("amx", [True, False])
-def test_inference_autocast_on_cpu_is_bf16_only_with_amx(monkeypatch, amx):
-    monkeypatch.setattr(device_module, "cpu_has_amx_bf16", lambda: amx)
+def test_inference_autocast_on_cpu_is_bf16_only_with_bf16_units(monkeypatch, amx):
+    monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: amx)
     ctx = autocast_for("cpu")
     assert isinstance(ctx, contextlib.nullcontext) != amx
     with ctx:
@@ -76,14 +76,14 @@ def test_inference_autocast_on_cpu_is_bf16_only_with_amx(monkeypatch, amx):
     assert y.dtype == (torch.bfloat16 if amx else torch.float32)
 
 
-def test_amx_detection_reads_the_cpu_capabilities():
+def test_bf16_unit_detection_reads_the_cpu_capabilities():
     found = torch.cpu.get_capabilities()
-    assert cpu_has_amx_bf16() == bool(found.get("amx_bf16") and found.get("amx_tile"))
+    assert cpu_has_fast_bf16() == bool((found.get("amx_bf16") and found.get("amx_tile")) or found.get("avx512_bf16"))
 
 
 @pytest.mark.parametrize("amx", [True, False])
-def test_training_autocast_on_cpu_is_bf16_only_with_amx(monkeypatch, amx):
-    monkeypatch.setattr(device_module, "cpu_has_amx_bf16", lambda: amx)
+def test_training_autocast_on_cpu_is_bf16_only_with_bf16_units(monkeypatch, amx):
+    monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: amx)
     model = build_model(ModelConfig.scaled(0.25))
     with training_autocast("cpu"):
         y = model(torch.rand(2, 3, 32, 32))
@@ -100,7 +100,7 @@ def test_prepare_model_on_cpu():
     x = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast_for("cpu"):
         y = prepared(x)
-    assert y.shape == (2, 4, 32, 32) and y.dtype == (torch.bfloat16 if cpu_has_amx_bf16() else torch.float32)
+    assert y.shape == (2, 4, 32, 32) and y.dtype == (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
     plain = prepare_model(build_model(ModelConfig.scaled(0.25)), "cpu", channels_last=False)
     assert plain.stem.conv[0].weight.is_contiguous()
 

@@ -111,8 +111,8 @@ def test_progress_events_and_probabilities(tissue_image, model):
     assert (unopened[kept] == result.labels[kept]).mean() > 0.9999  # normalising can create exact ties
 
 
-def test_bf16_autocast_on_an_amx_cpu_keeps_the_decisions(monkeypatch, tissue_image, model):
-    monkeypatch.setattr(device_module, "cpu_has_amx_bf16", lambda: True)  # bf16 runs (slowly) on any CPU
+def test_bf16_autocast_on_a_bf16_cpu_keeps_the_decisions(monkeypatch, tissue_image, model):
+    monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: True)  # bf16 runs (slowly) on any CPU
     image = torch.from_numpy(tissue_image[:512, :512].copy()).permute(2, 0, 1).float() / 255
     starts = [(0, 0), (0, 256), (256, 0), (256, 256)]
     exact = BlockPredictor(model, torch.device("cpu"), tile=256, amp=False).predict(image, starts)

@@ -40,7 +40,7 @@ class _Progress:
         )
 
 
-_FP32_HELP = "compute in float32 throughout (default: bf16 autocast where faster: CUDA, CPUs with AMX)"
+_FP32_HELP = "compute in float32 throughout (default: bf16 autocast where faster: CUDA, CPUs with AMX or AVX512-BF16)"
 _TTA_HELP = "test-time augmentation: average the logits over the four flips of the image (4x the work, more accurate)"
 _NO_STAIN_HELP = "do not map the image's stain colours onto the model's training data (Reinhard normalisation)"
 
@@ -267,7 +267,9 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=defaults.device)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--num-workers", type=int)
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast (CUDA, AMX CPUs)")
+    p.add_argument(
+        "--no-amp", dest="amp", action="store_false", help="no bf16 autocast (CUDA, CPUs with AMX or AVX512-BF16)"
+    )
     p.add_argument("--model-mpp", type=float, help="microns per pixel of the training images (CoNSeP: 0.25)")
     p.add_argument("--select-metric", default=defaults.select_metric, help="validation score that picks the best")
     p.add_argument("--val-every", type=int, default=defaults.val_every)

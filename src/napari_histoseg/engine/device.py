@@ -66,36 +66,39 @@ def select_device(preference: str | torch.device = "auto") -> torch.device:
     return torch.device("cuda", i)
 
 
-def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in AMX tiles (Xeon Sapphire Rapids and later).
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware: AMX tiles (Intel Xeon Sapphire Rapids and later) or
+    AVX512-BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake).
 
     Only there is bf16 autocast faster than fp32 on a CPU: a ResUNet++ training step at width 1.0, batch 8,
-    256 px took 3.0 s in bf16 against 8.0 s in fp32 on two such cores.
+    256 px took 3.0 s in bf16 against 8.0 s in fp32 on two AMX cores, and 3.3 s against 8.3 s on two AMD EPYC
+    (Zen 4) cores; the forward pass 0.73 s against 1.48 s there.
     """
     capabilities = getattr(torch.cpu, "get_capabilities", None)
     if capabilities is None:  # torch < 2.6
         return False
     found = capabilities()
-    return bool(found.get("amx_bf16") and found.get("amx_tile"))
+    return bool(found.get("amx_bf16") and found.get("amx_tile")) or bool(found.get("avx512_bf16"))
 
 
 def _bf16_autocast(device: torch.device) -> contextlib.AbstractContextManager | None:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and cpu_has_amx_bf16():
+    if device.type == "cpu" and cpu_has_fast_bf16():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return None
 
 
 def training_autocast(device: str | torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision for training steps: bf16 autocast on CUDA with bf16 and on CPUs with AMX, else none."""
+    """Mixed precision for training steps: bf16 autocast on CUDA with bf16 and on CPUs with bf16 units, else none."""
     return _bf16_autocast(torch.device(device)) or contextlib.nullcontext()
 
 
 def autocast_for(device: str | torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision for inference: bf16 autocast on CUDA (fp16 where bf16 is unsupported) and on CPUs with AMX.
+    """Mixed precision for inference: bf16 autocast on CUDA (fp16 where bf16 is unsupported) and on CPUs with
+    bf16 units (:func:`cpu_has_fast_bf16`).
 
-    Elsewhere fp32: on a CPU without AMX bf16 is slower than fp32, and MPS gains little. On this project's 2-core
+    Elsewhere fp32: on a CPU without them bf16 is slower than fp32, and MPS gains little. On this project's 2-core
     AMX CPU, bf16 ran the width-1.0 network 1.45x faster (width 0.5: 1.13x) and moved the bundled model's CoNSeP
     detection F1 by -0.003.
     """

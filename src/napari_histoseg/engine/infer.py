@@ -43,7 +43,7 @@ class InferenceSettings:
     batch_size: int = 8
     device: str = "auto"
     compile: bool = False
-    amp: bool = True  # bf16 autocast where it is faster (CUDA, CPUs with AMX); False: fp32 throughout
+    amp: bool = True  # bf16 autocast where it is faster (CUDA, CPUs with AMX or AVX512-BF16); False: fp32 throughout
     test_time_flips: bool = False  # average the logits over the four flips of each window (flips.py): 4x the work
     prefetch: int = 2
 

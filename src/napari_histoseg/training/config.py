@@ -35,8 +35,8 @@ class TrainConfig:
     - ``warmup``: steps of linear learning-rate warm-up. ``scheduler``: ``cosine`` decays per step to 1% of
       ``lr`` at the last epoch; ``plateau`` halves it after 3 validations without improvement.
     - ``samples_per_epoch``: patches per epoch (default: enough to tile every training image once).
-    - ``amp``: bf16 autocast on CUDA and on CPUs with AMX (ignored elsewhere). ``model_mpp``: microns per pixel
-      of the training images, stored in the model card so inference matches it (CoNSeP: 0.25).
+    - ``amp``: bf16 autocast on CUDA and on CPUs with AMX or AVX512-BF16 (ignored elsewhere). ``model_mpp``:
+      microns per pixel of the training images, stored in the model card so inference matches it (CoNSeP: 0.25).
     - ``max_steps``: stop after this many optimizer steps in total (smoke tests, benchmarks).
     """
 
