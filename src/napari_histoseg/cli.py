@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .engine.allocator import tune_cpu_allocator
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".btf", ".ndpi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -342,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_cpu_allocator()  # before any thread starts, so that every thread shares the tuned arena
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return args.func(args)

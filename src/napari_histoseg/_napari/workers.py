@@ -19,6 +19,8 @@ from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error
 
+from napari_histoseg.engine.allocator import tune_cpu_allocator
+
 log = logging.getLogger(__name__)
 
 JobFactory = Callable[[threading.Event], Generator[Any, None, Any]]
@@ -148,6 +150,8 @@ class JobRunner:
         """Start ``make`` in a worker thread; returns the worker."""
         if self.running:
             raise RuntimeError(f"{self.title} is already running")
+        # In the GUI thread, before the worker thread exists: it then allocates from the tuned arena.
+        tune_cpu_allocator()
         self._cancel = threading.Event()
         self._bar = progress(total=0, desc=f"{self.title} {label}".strip())
         worker = thread_worker(_drive, start_thread=False, ignore_errors=True)(

@@ -9,6 +9,7 @@ import re
 import torch
 from torch import nn
 
+from .allocator import tune_cpu_allocator
 from .flips import FlipAveraged
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ def prepare_model(
     Inputs should then be passed as ``x.to(device, memory_format=torch.channels_last)`` to avoid conversions.
     """
     device = torch.device(device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     model = model.eval().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

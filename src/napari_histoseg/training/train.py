@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..classes import CLASS_NAMES, NUM_CLASSES
+from ..engine.allocator import tune_cpu_allocator
 from ..engine.device import select_device, training_autocast
 from ..engine.stain_transform import ReinhardNormalizer, normalizer_for
 from ..fileio import atomic_write, json_safe
@@ -299,6 +300,8 @@ def train(
     # channels_last only on CUDA: on CPU, oneDNN's 1x1-convolution weight gradient (torch 2.13, AVX-512)
     # crashes with channels_last at narrow widths, and the layout gains little there.
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    if device.type == "cpu":
+        tune_cpu_allocator()
     model = model.to(device).to(memory_format=memory_format)
     optimizer = _make_optimizer(config, model.parameters())
     plateau = (

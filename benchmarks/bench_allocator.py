@@ -1,0 +1,105 @@
+"""Benchmark of the glibc allocator settings (``engine.allocator``): CPU forward and training step, default vs tuned.
+
+Usage (from the repository root)::
+
+    python benchmarks/bench_allocator.py [--width 1.0] [--batch-size 8] [--tile 256] [--repeats 3] [--no-train]
+
+mallopt settings cannot be undone in a process, so each setting runs in a child process of this one invocation
+(``HISTOSEG_MALLOC_TUNING=0`` for the baseline); both children run the same seeded model on the same input. Printed
+per setting: the forward pass of one batch in the main thread and in a new thread (as napari's worker and dask's
+threads run it), one RMSprop training step, each the mean of the repeats after a warm-up run, the peak RSS; then
+the ratios default / tuned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+
+
+def _mean_time(fn, repeats: int) -> float:
+    fn()  # warm-up: first allocations, oneDNN primitive creation
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sum(times) / len(times)
+
+
+def child(args: argparse.Namespace) -> dict:
+    from napari_histoseg.engine.allocator import tune_cpu_allocator
+
+    applied = tune_cpu_allocator()  # before torch starts its threads, as the CLI does
+    import torch
+
+    from napari_histoseg.model.resunetpp import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.scaled(args.width))
+    x = torch.rand(args.batch_size, 3, args.tile, args.tile)
+
+    def forward():
+        with torch.inference_mode():
+            model.eval()(x)
+
+    def in_thread():
+        result = {}
+        thread = threading.Thread(target=lambda: result.setdefault("t", _mean_time(forward, args.repeats)))
+        thread.start()
+        thread.join()
+        return result["t"]
+
+    out = {"tuned": applied, "forward_s": _mean_time(forward, args.repeats), "forward_thread_s": in_thread()}
+    if args.train:
+        y = torch.randint(0, 4, (args.batch_size, args.tile, args.tile))
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-4)
+
+        def step():
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        out["train_step_s"] = _mean_time(step, args.repeats)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-train", dest="train", action="store_false")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    results = {}
+    for name, flag in (("default", "0"), ("tuned", "1")):
+        env = {**os.environ, "HISTOSEG_MALLOC_TUNING": flag}
+        cmd = [sys.executable, __file__, "--child", *sys.argv[1:]]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        r = results[name]
+        line = f"{name:8s} (applied: {r['tuned']}): forward {r['forward_s']:.2f} s"
+        line += f", in a thread {r['forward_thread_s']:.2f} s"
+        if "train_step_s" in r:
+            line += f", training step {r['train_step_s']:.2f} s"
+        print(f"{line}, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    base, tuned = results["default"], results["tuned"]
+    keys = [k for k in ("forward_s", "forward_thread_s", "train_step_s") if k in base]
+    print("ratio default / tuned: " + ", ".join(f"{k[:-2]} {base[k] / tuned[k]:.2f}x" for k in keys))
+
+
+if __name__ == "__main__":
+    main()
