@@ -15,11 +15,6 @@
 #            scripts/widen_model.py (Net2WiderNet: same predictions, 2% weight noise), then fine-tuned: lr 1e-4
 #            with 100 warm-up steps, 35 epochs, stain jitter 0.1. (lr 3e-4 wrecked the BatchNorm running
 #            statistics of the widened network in its first epoch: validation detection F1 0.004.)
-#   stage 5  RUN_DIR/stage5: stage 4's best fine-tuned on the training tiles stitched back into 768-px images
-#            (scripts/stitch_consep.py: 19 of 22 tiles, the rest kept as patches), so random 256-px crops see
-#            cells across the old patch borders with real context: lr 1e-4 with 50 warm-up steps, 9 epochs,
-#            stain jitter 0.1, seed 5. (The bundled stage 5 started from the bundled half-precision copy of stage
-#            4's best, stage 4's run folder being lost by then: the same weights rounded to float16.)
 # Every epoch is validated on CoNSeP val (its pooled colours mapped onto the training data's, as inference does;
 # the bundled model's stages 1 and 2 ran before that existed and were validated on the raw colours); the checkpoint with
 # the best score (mean of detection F1, tumor type F1 and mean cell Dice) is kept as RUN_DIR/stage4/best.safetensors,
@@ -39,12 +34,12 @@ data="${HISTOSEG_CONSEP:-$here/../shared/data/consep}"
 run_dir="${1:-$here/runs/default-consep}"
 shift || true
 
-train() {  # train OUT_DIR [options...]: resumes OUT_DIR when it holds a run; TRAIN_DIR overrides the data
+train() {  # train OUT_DIR [options...]: resumes OUT_DIR when it holds a run
     local out="$1"
     shift
     local resume=()
     [[ -f "$out/state.safetensors" ]] && resume=(--resume)
-    python -m napari_histoseg.cli train "${TRAIN_DIR:-$data/train}" \
+    python -m napari_histoseg.cli train "$data/train" \
         --val "$data/val" \
         --width 0.5 \
         --batch-size 8 \
@@ -67,7 +62,3 @@ train "$run_dir/stage3" --init "$run_dir/stage2/best.safetensors" --epochs 30 --
     python "$here/scripts/widen_model.py" "$run_dir/stage3/best.safetensors" "$run_dir/stage4-init" --noise 0.02
 train "$run_dir/stage4" --init "$run_dir/stage4-init.safetensors" --width 1.0 --epochs 35 --warmup 100 \
     --stain-jitter 0.1 --lr 1e-4 "$@"
-[[ -d "$run_dir/consep-stitched/train/gt" ]] ||
-    python "$here/scripts/stitch_consep.py" "$data/train" "$run_dir/consep-stitched/train"
-TRAIN_DIR="$run_dir/consep-stitched/train" train "$run_dir/stage5" --init "$run_dir/stage4/best.safetensors" \
-    --width 1.0 --epochs 9 --warmup 50 --stain-jitter 0.1 --lr 1e-4 --seed 5 "$@"
