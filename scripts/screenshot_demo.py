@@ -17,8 +17,7 @@ import numpy as np
 from skimage.io import imsave
 
 from napari_histoseg._napari import layers as L
-from napari_histoseg._napari.cellularity import layer_readout
-from napari_histoseg._napari.segment_widget import SegmentWidget, format_counts
+from napari_histoseg._napari.segment_widget import SegmentWidget
 from napari_histoseg.io.store import LabelStore
 from napari_histoseg.samples import sample_path
 
@@ -41,8 +40,7 @@ def main() -> None:
     labels = L.show_labels(viewer, image, data, metadata={"summary": summary}, **geometry)
     labels.opacity = 0.6
     counts = L.store_counts(store)
-    # What the widget shows once a run and its cell measurement have finished.
-    widget.result.value = f"{format_counts(counts)}\n{layer_readout(labels)['text']}"
+    widget.result.value = "\n".join(f"{name}: {n:,} px" for name, n in L.counts_dict(counts).items())
     y0, x0, y1, x1 = args.zoom_box
     scale = np.asarray(image.scale[-2:])
     viewer.camera.center = tuple(scale * [(y0 + y1) / 2, (x0 + x1) / 2])

@@ -238,13 +238,20 @@ def test_validation_split_holds_out_whole_source_images(tmp_path):
 
 
 def test_interrupts_are_held_back_during_checkpoint_writes():
+    # Python's own Ctrl-C handler, as in a shell: in the full suite an earlier test (napari, Qt) can leave
+    # another one installed, and the held-back interrupt goes to whatever handler was there before the block.
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     done = []
-    with pytest.raises(KeyboardInterrupt), _hold_interrupts():
-        # The handler the block installed, called as Python calls it on a SIGINT: delivering a real signal made
-        # the test flaky under load (handled only after the block, or in no time for the assertion).
-        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
-        done.append(True)  # reached: the interrupt waits for the block to end
+    try:
+        with pytest.raises(KeyboardInterrupt), _hold_interrupts():
+            # The handler the block installed, called as Python calls it on a SIGINT (a real signal can be
+            # handled late under load).
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            done.append(True)  # reached: the interrupt waits for the block to end
+    finally:
+        signal.signal(signal.SIGINT, outer)
     assert done == [True]
+    assert signal.getsignal(signal.SIGINT) is outer
 
 
 def test_training_does_not_import_napari_zarr_or_dask():

@@ -85,6 +85,7 @@ class SegmentWidget(Container):
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.result = Label(value="")
+        self.result.native.setWordWrap(True)  # long readouts wrap instead of widening the dock over the canvas
         self.extend([
             self.image, self.model, self.add_model, self.device, self.batch_size, self.tile, self.overlap,
             self.opening, self.block, self.skip_background, self.stain_normalize, self.test_time_flips, self.extent,
@@ -262,7 +263,7 @@ class SegmentWidget(Container):
             self.last_layer = L.show_labels(
                 self.viewer, self._target, data, metadata=meta, replace=not self.new_layer.value, multiscale=False
             )
-        self.result.value = ("cancelled; kept: " if cancelled else "") + format_counts(counts)
+        self.result.value = ("cancelled; kept: " if cancelled else "") + _format_counts(counts)
         if cancelled:
             show_info(f"Segmentation of {request.name} cancelled; finished blocks are kept")
         elif self.measure.value:
@@ -308,8 +309,7 @@ class SegmentWidget(Container):
             self.viewer.add_layer(cellularity_image(outcome.grid, labels, name=name))
 
 
-def format_counts(counts: list[int]) -> str:
-    """The widget's result text for class pixel counts: each class, then the tumor share of cell pixels."""
+def _format_counts(counts: list[int]) -> str:
     cells = counts[1] + counts[2]
     share = f"{counts[1] / cells:.1%} of cell pixels are tumor" if cells else "no cells found"
     named = ", ".join(f"{name}: {n:,}" for name, n in L.counts_dict(counts).items())
