@@ -4,12 +4,12 @@ With glibc's defaults every tensor above 32 MB (a batch of 8 256-px feature maps
 is an ``mmap`` that is unmapped when freed, so each layer of each step faults in and zeroes fresh pages, and
 freed heap memory above 128 kB is given back at once; worker threads allocate from their own arenas, whose
 heaps hold at most 64 MB. On this project's 2-core EPYC (Zen 3) that was a third of the time in the kernel:
-a width-1.0 training step took 21 s and a forward pass of 8 tiles 6.4 s, against 13 s and 3.3 s with the
+a width-1.0 training step took 19.9 s and a forward pass of 8 tiles 6.5 s, against 12.7 s and 3.5 s with the
 settings below (``benchmarks/bench_allocator.py``). The price: up to :data:`TRIM_THRESHOLD` of freed memory stays
-with the process instead of going back to the system.
+with the process instead of going back to the system (1.5 GB more peak RSS there).
 
-Set ``HISTOSEG_MALLOC_TUNING=0`` to leave the allocator alone (also when another allocator, e.g. jemalloc, is
-preloaded, mallopt is glibc's and these settings do not reach it; nothing breaks).
+Set ``HISTOSEG_MALLOC_TUNING=0`` to leave the allocator alone. With another allocator preloaded (jemalloc,
+tcmalloc) the settings reach only glibc's, which then serves little; nothing breaks.
 """
 
 from __future__ import annotations
