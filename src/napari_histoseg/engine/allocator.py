@@ -15,6 +15,7 @@ tcmalloc) the settings reach only glibc's, which then serves little; nothing bre
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -35,18 +36,16 @@ TRIM_THRESHOLD = 1 << 30
 #: cannot keep tensors of more than 64 MB in its heaps.
 ARENA_MAX = 1
 
-_state: dict[str, bool] = {}
+_SETTINGS = ((_M_ARENA_MAX, ARENA_MAX), (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+@functools.cache
 def tune_cpu_allocator() -> bool:
     """Apply the settings above once per process, on Linux with glibc; return whether they are in effect.
 
     Call it before a CPU job allocates, ideally before the threads it computes in are started (threads that
     already have an arena keep it). A no-op elsewhere, when ``HISTOSEG_MALLOC_TUNING=0``, and on later calls.
     """
-    if "applied" in _state:
-        return _state["applied"]
-    _state["applied"] = False
     if os.environ.get("HISTOSEG_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
@@ -58,10 +57,7 @@ def tune_cpu_allocator() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     results = [mallopt(param, value) for param, value in _SETTINGS]
-    _state["applied"] = all(r == 1 for r in results)
-    if not _state["applied"]:
+    applied = all(r == 1 for r in results)
+    if not applied:
         logger.info("mallopt refused some allocator settings (results %s)", results)
-    return _state["applied"]
-
-
-_SETTINGS = ((_M_ARENA_MAX, ARENA_MAX), (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return applied
