@@ -16,12 +16,29 @@ glibc_only = pytest.mark.skipif(
 
 # A child process: the settings are process-wide and cannot be undone. It reports whether they were applied and
 # how many bytes glibc holds in mmapped blocks while a 96 MB tensor, allocated in a new thread, is alive.
+# With HISTOSEG_TEST_SEGMENT_FIRST=1 it first segments a small image (the engine applies the settings itself).
 _CHILD = r"""
-import ctypes, json, threading
+import ctypes, json, os, threading
+import torch
 from napari_histoseg.engine.allocator import tune_cpu_allocator
+
+if os.environ.get("HISTOSEG_TEST_SEGMENT_FIRST") == "1":
+    import numpy as np
+    from napari_histoseg.engine.infer import InferenceSettings, run, segment
+    from napari_histoseg.engine.predictor import BlockPredictor
+    from napari_histoseg.engine.resolution import ResolutionPlan
+    from napari_histoseg.io.store import ArraySink
+    from napari_histoseg.model.resunetpp import ModelConfig, build_model
+
+    net = build_model(ModelConfig.scaled(0.25)).eval()
+    image = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    settings = InferenceSettings(block=256, skip_background=False, batch_size=2)
+    predictor = BlockPredictor(net, torch.device("cpu"), tile=256, batch_size=2, amp=False)
+    result = run(segment(image, predictor, ArraySink((300, 300)), settings, ResolutionPlan(0, 1.0, None)))
+    assert sum(result.class_counts) == 300 * 300
+
 applied = tune_cpu_allocator()
 again = tune_cpu_allocator()
-import torch
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -45,8 +62,8 @@ print(json.dumps({"applied": applied, "again": again, **seen}))
 """
 
 
-def _run_child(flag: str) -> dict:
-    env = {**os.environ, "HISTOSEG_MALLOC_TUNING": flag}
+def _run_child(flag: str, segment_first: bool = False) -> dict:
+    env = {**os.environ, "HISTOSEG_MALLOC_TUNING": flag, "HISTOSEG_TEST_SEGMENT_FIRST": str(int(segment_first))}
     done = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -64,3 +81,11 @@ def test_allocator_left_alone_when_switched_off():
     assert not plain["applied"] and not plain["again"]
     # glibc's default: a 96 MB block is an mmap of its own
     assert plain["mmapped_for_tensor"] >= 96 * 1024 * 1024
+
+
+@glibc_only
+def test_segmentation_keeps_the_tuned_settings():
+    # The engine once lowered the mmap threshold to 1 MB for every block, which put the slide path's kernel time
+    # back (histoseg demo: 171 s of 240 s); after a segmentation large tensors must still come from the heap.
+    after = _run_child("1", segment_first=True)
+    assert after["mmapped_for_tensor"] == 0

@@ -235,13 +235,3 @@ def test_out_of_memory_retries_with_a_smaller_batch(tissue_image, model):
     assert predictor.batch_size == 2 and picky.sizes[:3] == [8, 4, 2]
     expected = segment_in_memory(image, model, block=512, batch_size=2)
     np.testing.assert_array_equal(result.labels, expected.labels)
-
-
-def test_heap_growth_limit_is_set_on_linux(monkeypatch):
-    import sys
-
-    from napari_histoseg.engine.infer import limit_heap_growth
-
-    assert limit_heap_growth() is (sys.platform == "linux")
-    monkeypatch.setenv("HISTOSEG_KEEP_MALLOC", "1")
-    assert limit_heap_growth() is False

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from distributed import WorkerPlugin
 
+from .allocator import tune_cpu_allocator
 from .infer import (
     BlockGeometry,
     InferenceProgress,
@@ -25,7 +26,6 @@ from .infer import (
     RunTally,
     all_blocks,
     core_counts,
-    limit_heap_growth,
     read_block,
     segment_block,
 )
@@ -67,7 +67,7 @@ class ModelPlugin(WorkerPlugin):
         from ..model.checkpoint import load_checkpoint
         from .jobs import make_predictor
 
-        limit_heap_growth()
+        tune_cpu_allocator()
         model, card = load_checkpoint(self.checkpoint)
         self.predictor = make_predictor(model, self.settings, card.logit_bias)
         self.slides: dict[str, object] = {}

@@ -7,10 +7,7 @@ except the output store on disk.
 
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import sys
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +18,7 @@ import torch
 
 from ..cleanup import open_labels
 from ..io.store import ArraySink, LabelStore
+from .allocator import tune_cpu_allocator
 from .predictor import BlockPredictor
 from .resolution import ResolutionPlan, compute_shape, read_padded, to_compute, to_output
 from .tiling import Block, WindowGrid, block_grid, make_block
@@ -244,25 +242,6 @@ def segment_block(
     return labels[crop], probs
 
 
-_MMAP_THRESHOLD = 1 << 20
-
-
-def limit_heap_growth() -> bool:
-    """Serve allocations above 1 MB from mmap, so freed block buffers go back to the OS (Linux/glibc only).
-
-    glibc's default raises its mmap threshold as large buffers are freed, after which block-sized buffers come
-    from per-thread heaps that fragment: resident memory then creeps up block after block (measured: 1.4x more
-    at 16384 px than at 4096 px). A fixed threshold keeps it flat. Set ``HISTOSEG_KEEP_MALLOC=1`` to opt out.
-    """
-    if sys.platform != "linux" or os.environ.get("HISTOSEG_KEEP_MALLOC"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, _MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc (musl, ...)
-        return False
-
-
 def core_counts(work: BlockWork, labels: np.ndarray | None) -> np.ndarray:
     """Pixels per class in a block's core (``labels=None``: all background)."""
     if labels is None:
@@ -345,7 +324,7 @@ def segment(
     ``blocks`` restricts the run to some block indices (a region of interest); ``normalize`` is the stain
     normaliser applied to every block (see :func:`segment_block`).
     """
-    limit_heap_growth()
+    tune_cpu_allocator()
     shape = (int(image.shape[0]), int(image.shape[1]))
     geometry = BlockGeometry(shape, settings, plan.factor)
     tally = RunTally(blocks if blocks is not None else all_blocks(geometry), sink.done_blocks())
