@@ -4,22 +4,38 @@
     xvfb-run -a python scripts/screenshot_demo.py histoseg-demo docs/demo.png
 
 Opens the sample slide through the plugin's reader, docks the Segment widget, shows the demo's label store as
-the widget does (coloured Labels layer, multiscale, aligned) and saves a window screenshot.
+the widget does (coloured Labels layer, multiscale, aligned), fills the widget's readout as a finished run does
+(class counts, then the cells and tumor cellularity measured by the widget's own job) and saves a window
+screenshot.
 """
 
 from __future__ import annotations
 
 import argparse
+import threading
+import time
 from pathlib import Path
 
 import napari
 import numpy as np
+from qtpy.QtWidgets import QApplication
 from skimage.io import imsave
 
 from napari_histoseg._napari import layers as L
-from napari_histoseg._napari.segment_widget import SegmentWidget
+from napari_histoseg._napari.cellularity import labels_mpp
+from napari_histoseg._napari.segment_job import measure_job
+from napari_histoseg._napari.segment_widget import SegmentWidget, _format_counts
 from napari_histoseg.io.store import LabelStore
 from napari_histoseg.samples import sample_path
+
+
+def returned(job):
+    """Drive a widget job generator to its end and give what it returns (as the napari worker does)."""
+    while True:
+        try:
+            next(job)
+        except StopIteration as stop:
+            return stop.value
 
 
 def main() -> None:
@@ -39,8 +55,9 @@ def main() -> None:
     summary = store.info.get("summary", {})
     labels = L.show_labels(viewer, image, data, metadata={"summary": summary}, **geometry)
     labels.opacity = 0.6
-    counts = L.store_counts(store)
-    widget.result.value = "\n".join(f"{name}: {n:,} px" for name, n in L.counts_dict(counts).items())
+    viewer.window.screenshot(flash=False)  # lays the window out, as a user first sees it (empty readout)
+    outcome = returned(measure_job(list(labels.data), [], labels_mpp(labels), threading.Event()))
+    widget.result.value = f"{_format_counts(L.store_counts(store))}\n{outcome.readout['text']}"
     y0, x0, y1, x1 = args.zoom_box
     scale = np.asarray(image.scale[-2:])
     viewer.camera.center = tuple(scale * [(y0 + y1) / 2, (x0 + x1) / 2])
@@ -48,6 +65,10 @@ def main() -> None:
     viewer.reset_view()
     viewer.camera.center = tuple(scale * [(y0 + y1) / 2, (x0 + x1) / 2])
     viewer.camera.zoom *= max(image.data[0].shape[0] / (y1 - y0), 1.0) * 0.9
+    deadline = time.monotonic() + 5  # let napari load the multiscale tiles of the new view
+    while time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.05)
     shot = viewer.window.screenshot(flash=False, canvas_only=False)
     args.png.parent.mkdir(parents=True, exist_ok=True)
     imsave(args.png, shot, check_contrast=False)

@@ -196,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {name:15s} {count:>12,d} px")
     ratio = cellularity["cellularity_by_count"]
     text = "n/a" if ratio is None else f"{100 * ratio:.1f}%"
-    print(f"tumor cellularity: {text} ({cellularity['tumor_cells']} tumor cells of {cellularity['cells']} cells)")
+    print(f"tumor cellularity: {text} ({cellularity['tumor_cells']:,} tumor cells of {cellularity['cells']:,} cells)")
     for name, path in summary["files"].items():
         print(f"  {name}: {path}")
     return 0

@@ -77,8 +77,8 @@ class Cellularity:
         if not self.cells:
             return "no cells"
         return (
-            f"tumor cellularity {100 * self.by_count:.1f}% of {self.cells} cells "
-            f"({self.tumor_cells} tumor, {self.non_tumor_cells} non-tumor; {100 * self.by_area:.1f}% by area)"
+            f"tumor cellularity {100 * self.by_count:.1f}% of {self.cells:,} cells "
+            f"({self.tumor_cells:,} tumor, {self.non_tumor_cells:,} non-tumor; {100 * self.by_area:.1f}% by area)"
         )
 
 

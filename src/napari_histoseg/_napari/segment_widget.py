@@ -19,6 +19,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Shapes
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QSizePolicy
 
 from napari_histoseg.export_pairs import safe_name
 
@@ -85,7 +86,10 @@ class SegmentWidget(Container):
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.result = Label(value="")
-        self.result.native.setWordWrap(True)  # long readouts wrap instead of widening the dock over the canvas
+        # Long readouts wrap to the dock's width: with its text's width as the label's minimum (Qt's default for a
+        # wrapped label in this layout) the form outgrew the dock and its right edge was cut off.
+        self.result.native.setWordWrap(True)
+        self.result.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.extend([
             self.image, self.model, self.add_model, self.device, self.batch_size, self.tile, self.overlap,
             self.opening, self.block, self.skip_background, self.stain_normalize, self.test_time_flips, self.extent,
