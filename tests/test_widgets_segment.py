@@ -282,27 +282,6 @@ def test_cellularity_readout_of_the_result_and_a_region(make_napari_viewer, qtbo
     np.testing.assert_allclose(cmap.scale, np.asarray(image.scale) * 256)
 
 
-def test_long_readout_wraps_inside_the_dock(make_napari_viewer, qtbot, tiny_checkpoint) -> None:
-    """A long result readout wraps to the dock's width: the form neither outgrows the dock nor hides lines."""
-    viewer = make_napari_viewer()
-    widget = _widget(viewer, tiny_checkpoint)
-    dock = viewer.window.add_dock_widget(widget, name="Segment tumor cells", area="right")
-    viewer.window._qt_window.resize(1400, 900)
-    viewer.window.screenshot(flash=False)  # lays the window out
-    width = widget.native.width()
-    widget.result.value = "\n".join([
-        "background: 6,481,411, tumor cell: 16,029, non-tumor cell: 69,329, cell boundary: 19,971",
-        "18.8% of cell pixels are tumor",
-        "Whole result: tumor cellularity 13.7% of 1,867 cells (256 tumor, 1,611 non-tumor; 18.2% by area)",
-    ])  # fmt: skip
-    viewer.window.screenshot(flash=False)
-    label = widget.result.native
-    qtbot.waitUntil(lambda: label.height() >= label.heightForWidth(label.width()), timeout=WAIT_MS)
-    assert widget.native.width() == width <= dock.width()
-    assert label.geometry().right() <= widget.native.width()
-    assert label.fontMetrics().horizontalAdvance(widget.result.value.splitlines()[-1]) > label.width()  # it wraps
-
-
 def test_stain_normalisation_checkbox_maps_colours_before_the_model(
     make_napari_viewer, qtbot, tmp_path, monkeypatch
 ) -> None:

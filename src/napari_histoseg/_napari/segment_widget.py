@@ -11,7 +11,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     PushButton,
     RadioButtons,
@@ -19,12 +18,12 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Shapes
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QSizePolicy
 
 from napari_histoseg.export_pairs import safe_name
 
 from . import layers as L
 from .model_registry import registry_for
+from .readout import readout_label
 from .segment_job import SegmentOutcome, SegmentRequest, measure_job, outcome_from_store, segment_job
 from .settings import load_settings, restore, save_settings, snapshot
 from .workers import Cancelled, JobRunner, device_choices
@@ -85,11 +84,7 @@ class SegmentWidget(Container):
         )
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.result = Label(value="")
-        # Long readouts wrap to the dock's width: with its text's width as the label's minimum (Qt's default for a
-        # wrapped label in this layout) the form outgrew the dock and its right edge was cut off.
-        self.result.native.setWordWrap(True)
-        self.result.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.result = readout_label()
         self.extend([
             self.image, self.model, self.add_model, self.device, self.batch_size, self.tile, self.overlap,
             self.opening, self.block, self.skip_background, self.stain_normalize, self.test_time_flips, self.extent,

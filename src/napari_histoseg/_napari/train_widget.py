@@ -32,6 +32,7 @@ from napari_histoseg.export_pairs import save_pair, unique_name
 
 from . import layers as L
 from .model_registry import registry_for
+from .readout import readout_label
 from .settings import load_settings, restore, save_settings, snapshot
 from .workers import JobRunner, TrainingProgress, device_choices
 
@@ -116,7 +117,7 @@ class TrainWidget(Container):
         self.out_dir = FileEdit(label="output folder", mode="d")
         self.run_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel (keep best)", enabled=False)
-        self.status = Label(value="")
+        self.status = readout_label()
         self.plot = LossPlot()
         self.pair_image = ComboBox(label="image", choices=self._layers(Image))
         self.pair_labels = ComboBox(label="labels (1-3)", choices=self._layers(Labels))
