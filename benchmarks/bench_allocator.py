@@ -3,12 +3,17 @@
 Usage (from the repository root)::
 
     python benchmarks/bench_allocator.py [--width 1.0] [--batch-size 8] [--tile 256] [--repeats 3] [--no-train]
+    python benchmarks/bench_allocator.py --slide 4096 [--width 0.25]   # the whole-slide engine instead
 
 mallopt settings cannot be undone in a process, so each setting runs in a child process of this one invocation
 (``HISTOSEG_MALLOC_TUNING=0`` for the baseline); both children run the same seeded model on the same input. Printed
 per setting: the forward pass of one batch in the main thread and in a new thread (as napari's worker and dask's
 threads run it), one RMSprop training step, each the mean of the repeats after a warm-up run, the peak RSS; then
 the ratios default / tuned.
+
+With ``--slide N`` each child instead segments an N x N JPEG BigTIFF of real tissue (``bench_engine.jpeg_tiff``)
+block by block into a zarr store, as ``histoseg predict`` does, and a third child runs glibc with a fixed 1 MB mmap
+threshold (``MALLOC_MMAP_THRESHOLD_``), the setting the engine itself applied before it kept the tuned ones.
 """
 
 from __future__ import annotations
@@ -33,10 +38,33 @@ def _mean_time(fn, repeats: int) -> float:
     return sum(times) / len(times)
 
 
+def slide_child(size: int, width: float, batch_size: int) -> dict:
+    """Windows per second and peak RSS of the engine over a JPEG BigTIFF of ``size`` px (no tissue skipping)."""
+    from bench_engine import WORK, jpeg_tiff, make_model
+
+    from napari_histoseg.engine.infer import InferenceSettings, run, segment
+    from napari_histoseg.engine.jobs import make_predictor
+    from napari_histoseg.engine.resolution import ResolutionPlan
+    from napari_histoseg.io.slide import open_slide
+    from napari_histoseg.io.store import LabelStore
+
+    settings = InferenceSettings(batch_size=batch_size, skip_background=False, device="cpu", block=2048)
+    predictor = make_predictor(make_model(width), settings)
+    image = open_slide(jpeg_tiff(size)).levels[0]
+    sink = LabelStore.create(WORK / f"alloc_{size}.zarr", (size, size), block=2048, settings={}, overwrite=True)
+    t0 = time.perf_counter()
+    result = run(segment(image, predictor, sink, settings, ResolutionPlan(level=0, factor=1.0, output_mpp=0.25)))
+    return {"windows_per_s": result.windows / (time.perf_counter() - t0), "windows": result.windows}
+
+
 def child(args: argparse.Namespace) -> dict:
     from napari_histoseg.engine.allocator import tune_cpu_allocator
 
     applied = tune_cpu_allocator()  # before torch starts its threads, as the CLI does
+    if args.slide:
+        out = {"tuned": applied, **slide_child(args.slide, args.width, args.batch_size)}
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return out
     import torch
 
     from napari_histoseg.model.resunetpp import ModelConfig, build_model
@@ -79,24 +107,38 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-train", dest="train", action="store_false")
+    parser.add_argument("--slide", type=int, default=0, help="segment a JPEG BigTIFF of this size (px) instead")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args)))
         return
+    settings = [("default", {"HISTOSEG_MALLOC_TUNING": "0"}), ("tuned", {"HISTOSEG_MALLOC_TUNING": "1"})]
+    if args.slide:
+        from bench_engine import jpeg_tiff
+
+        jpeg_tiff(args.slide)  # built once, outside the timed children
+        settings.insert(1, ("1 MB mmap", {"HISTOSEG_MALLOC_TUNING": "0", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}))
     results = {}
-    for name, flag in (("default", "0"), ("tuned", "1")):
-        env = {**os.environ, "HISTOSEG_MALLOC_TUNING": flag}
+    for name, env in settings:
         cmd = [sys.executable, __file__, "--child", *sys.argv[1:]]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        r = results[name]
-        line = f"{name:8s} (applied: {r['tuned']}): forward {r['forward_s']:.2f} s"
-        line += f", in a thread {r['forward_thread_s']:.2f} s"
-        if "train_step_s" in r:
-            line += f", training step {r['train_step_s']:.2f} s"
+        done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True)
+        results[name] = r = json.loads(done.stdout.strip().splitlines()[-1])
+        if args.slide:
+            line = f"{name:10s} (tuned: {r['tuned']}): {args.slide} px slide, {r['windows']} windows"
+            line += f", {r['windows_per_s']:.2f} windows/s"
+        else:
+            line = f"{name:8s} (applied: {r['tuned']}): forward {r['forward_s']:.2f} s"
+            line += f", in a thread {r['forward_thread_s']:.2f} s"
+            if "train_step_s" in r:
+                line += f", training step {r['train_step_s']:.2f} s"
         print(f"{line}, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-    base, tuned = results["default"], results["tuned"]
+    tuned = results["tuned"]
+    if args.slide:
+        for name in [n for n in results if n != "tuned"]:
+            print(f"windows/s tuned / {name}: {tuned['windows_per_s'] / results[name]['windows_per_s']:.2f}x")
+        return
+    base = results["default"]
     keys = [k for k in ("forward_s", "forward_thread_s", "train_step_s") if k in base]
     print("ratio default / tuned: " + ", ".join(f"{k[:-2]} {base[k] / tuned[k]:.2f}x" for k in keys))
 
