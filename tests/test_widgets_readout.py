@@ -32,7 +32,7 @@ def _config_dir(tmp_path, monkeypatch):
 )
 def test_long_readout_wraps_inside_the_dock(make_napari_viewer, qtbot, widget_class, attribute, text, fits) -> None:
     """``fits``: the whole form fits a 900 px high window, so every wrapped line must show (the Train widget's
-    form is taller than that: there the dock squeezes its rows, the readout's too)."""
+    form is taller than that: it scrolls instead, see below)."""
     viewer = make_napari_viewer()
     widget = widget_class(viewer)
     dock = viewer.window.add_dock_widget(widget, name="widget", area="right")
@@ -50,3 +50,18 @@ def test_long_readout_wraps_inside_the_dock(make_napari_viewer, qtbot, widget_cl
     assert label.heightForWidth(label.width()) >= (len(lines) + 1) * label.fontMetrics().lineSpacing()  # ... wraps
     if fits:
         qtbot.waitUntil(lambda: label.height() >= label.heightForWidth(label.width()), timeout=5_000)  # all shown
+
+
+def test_train_form_scrolls_in_a_short_window(make_napari_viewer) -> None:
+    """The Train widget's form is taller than a 900 px window: the dock holds it in a scroll area, so its rows keep
+    their height and the last ones (the pair section, the loss plot) are scrolled to, not cut off."""
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, name="widget", area="right")
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.window.screenshot(flash=False)
+    scroll = dock.widget()
+    assert scroll is widget.native and scroll.widget() is widget.plot.parentWidget()
+    form = scroll.widget()
+    assert form.height() >= form.minimumSizeHint().height() > scroll.viewport().height()
+    assert scroll.verticalScrollBar().maximum() > 0

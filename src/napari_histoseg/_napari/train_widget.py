@@ -95,7 +95,7 @@ class TrainWidget(Container):
     """Train a model from scratch or fine-tune one on folder pairs; add pairs from layers."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)  # the form is taller than a laptop's window
         self.viewer = napari_viewer
         self.registry = registry_for(napari_viewer)
         self.runner = JobRunner("Training")
@@ -129,7 +129,7 @@ class TrainWidget(Container):
             self.width_, self.epochs, self.lr, self.batch_size, self.patch, self.mpp, self.device, self.out_dir,
             self.run_button, self.cancel_button, self.status,
         ])  # fmt: skip
-        self.native.layout().addWidget(self.plot)
+        self.root_native_widget.widget().layout().addWidget(self.plot)
         self.extend([Label(value="<b>Training pair from layers</b>"), self.pair_image, self.pair_labels,
                      self.pair_extent, self.pairs_dir, self.add_pair])  # fmt: skip
         self._persisted = {
@@ -146,6 +146,12 @@ class TrainWidget(Container):
         self.registry.changed.connect(lambda _entry: self.init.reset_choices())
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).connect(self._layers_changed)
+
+    @property
+    def native(self):
+        """The scroll area around the form: napari docks ``.native``, which for a scrollable container would be the
+        form alone, leaving the scroll area behind."""
+        return self.root_native_widget
 
     def _layers(self, kind):
         return lambda _widget=None: [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, kind)]
