@@ -5,14 +5,13 @@
 
 Opens the sample slide through the plugin's reader, docks the Segment widget, shows the demo's label store as
 the widget does (coloured Labels layer, multiscale, aligned), fills the widget's readout as a finished run does
-(class counts, then the cells and tumor cellularity measured by the widget's own job) and saves a window
+(class counts, then the cells and tumor cellularity of the layer, `cellularity.layer_readout`) and saves a window
 screenshot.
 """
 
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from pathlib import Path
 
@@ -22,20 +21,10 @@ from qtpy.QtWidgets import QApplication
 from skimage.io import imsave
 
 from napari_histoseg._napari import layers as L
-from napari_histoseg._napari.cellularity import labels_mpp
-from napari_histoseg._napari.segment_job import measure_job
-from napari_histoseg._napari.segment_widget import SegmentWidget, _format_counts
+from napari_histoseg._napari.cellularity import layer_readout
+from napari_histoseg._napari.segment_widget import SegmentWidget, format_counts
 from napari_histoseg.io.store import LabelStore
 from napari_histoseg.samples import sample_path
-
-
-def returned(job):
-    """Drive a widget job generator to its end and give what it returns (as the napari worker does)."""
-    while True:
-        try:
-            next(job)
-        except StopIteration as stop:
-            return stop.value
 
 
 def main() -> None:
@@ -56,8 +45,8 @@ def main() -> None:
     labels = L.show_labels(viewer, image, data, metadata={"summary": summary}, **geometry)
     labels.opacity = 0.6
     viewer.window.screenshot(flash=False)  # lays the window out, as a user first sees it (empty readout)
-    outcome = returned(measure_job(list(labels.data), [], labels_mpp(labels), threading.Event()))
-    widget.result.value = f"{_format_counts(L.store_counts(store))}\n{outcome.readout['text']}"
+    # What the widget shows once a run and its cell measurement have finished.
+    widget.result.value = f"{format_counts(L.store_counts(store))}\n{layer_readout(labels)['text']}"
     y0, x0, y1, x1 = args.zoom_box
     scale = np.asarray(image.scale[-2:])
     viewer.camera.center = tuple(scale * [(y0 + y1) / 2, (x0 + x1) / 2])

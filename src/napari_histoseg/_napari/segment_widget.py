@@ -262,7 +262,7 @@ class SegmentWidget(Container):
             self.last_layer = L.show_labels(
                 self.viewer, self._target, data, metadata=meta, replace=not self.new_layer.value, multiscale=False
             )
-        self.result.value = ("cancelled; kept: " if cancelled else "") + _format_counts(counts)
+        self.result.value = ("cancelled; kept: " if cancelled else "") + format_counts(counts)
         if cancelled:
             show_info(f"Segmentation of {request.name} cancelled; finished blocks are kept")
         elif self.measure.value:
@@ -308,7 +308,8 @@ class SegmentWidget(Container):
             self.viewer.add_layer(cellularity_image(outcome.grid, labels, name=name))
 
 
-def _format_counts(counts: list[int]) -> str:
+def format_counts(counts: list[int]) -> str:
+    """The readout of a result's pixels per class and the tumor share of cell pixels."""
     cells = counts[1] + counts[2]
     share = f"{counts[1] / cells:.1%} of cell pixels are tumor" if cells else "no cells found"
     named = ", ".join(f"{name}: {n:,}" for name, n in L.counts_dict(counts).items())
