@@ -11,9 +11,10 @@ per setting: the forward pass of one batch in the main thread and in a new threa
 threads run it), one RMSprop training step, each the mean of the repeats after a warm-up run, the peak RSS; then
 the ratios default / tuned.
 
-With ``--slide N`` each child instead segments an N x N JPEG BigTIFF of real tissue (``bench_engine.jpeg_tiff``)
-block by block into a zarr store, as ``histoseg predict`` does, and a third child runs glibc with a fixed 1 MB mmap
-threshold (``MALLOC_MMAP_THRESHOLD_``), the setting the engine itself applied before it kept the tuned ones.
+With ``--slide N`` each child instead segments an N x N JPEG BigTIFF of real tissue block by block into a zarr
+store, as ``histoseg predict`` does (``bench_engine.child_ours``, batch 8), and a third child runs glibc with a
+fixed 1 MB mmap threshold (``MALLOC_MMAP_THRESHOLD_``), the setting the engine applied before it kept the tuned
+ones.
 """
 
 from __future__ import annotations
@@ -38,33 +39,14 @@ def _mean_time(fn, repeats: int) -> float:
     return sum(times) / len(times)
 
 
-def slide_child(size: int, width: float, batch_size: int) -> dict:
-    """Windows per second and peak RSS of the engine over a JPEG BigTIFF of ``size`` px (no tissue skipping)."""
-    from bench_engine import WORK, jpeg_tiff, make_model
-
-    from napari_histoseg.engine.infer import InferenceSettings, run, segment
-    from napari_histoseg.engine.jobs import make_predictor
-    from napari_histoseg.engine.resolution import ResolutionPlan
-    from napari_histoseg.io.slide import open_slide
-    from napari_histoseg.io.store import LabelStore
-
-    settings = InferenceSettings(batch_size=batch_size, skip_background=False, device="cpu", block=2048)
-    predictor = make_predictor(make_model(width), settings)
-    image = open_slide(jpeg_tiff(size)).levels[0]
-    sink = LabelStore.create(WORK / f"alloc_{size}.zarr", (size, size), block=2048, settings={}, overwrite=True)
-    t0 = time.perf_counter()
-    result = run(segment(image, predictor, sink, settings, ResolutionPlan(level=0, factor=1.0, output_mpp=0.25)))
-    return {"windows_per_s": result.windows / (time.perf_counter() - t0), "windows": result.windows}
-
-
 def child(args: argparse.Namespace) -> dict:
     from napari_histoseg.engine.allocator import tune_cpu_allocator
 
     applied = tune_cpu_allocator()  # before torch starts its threads, as the CLI does
-    if args.slide:
-        out = {"tuned": applied, **slide_child(args.slide, args.width, args.batch_size)}
-        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return out
+    if args.slide:  # bench_engine's run of the engine: JPEG BigTIFF -> zarr store, batch 8, no tissue skipping
+        from bench_engine import child_ours
+
+        return {"tuned": applied, **child_ours(args.slide, args.width, "tiff", "cpu")}
     import torch
 
     from napari_histoseg.model.resunetpp import ModelConfig, build_model
@@ -126,7 +108,7 @@ def main() -> None:
         results[name] = r = json.loads(done.stdout.strip().splitlines()[-1])
         if args.slide:
             line = f"{name:10s} (tuned: {r['tuned']}): {args.slide} px slide, {r['windows']} windows"
-            line += f", {r['windows_per_s']:.2f} windows/s"
+            line += f", {r['windows'] / r['seconds']:.2f} windows/s"
         else:
             line = f"{name:8s} (applied: {r['tuned']}): forward {r['forward_s']:.2f} s"
             line += f", in a thread {r['forward_thread_s']:.2f} s"
@@ -136,7 +118,7 @@ def main() -> None:
     tuned = results["tuned"]
     if args.slide:
         for name in [n for n in results if n != "tuned"]:
-            print(f"windows/s tuned / {name}: {tuned['windows_per_s'] / results[name]['windows_per_s']:.2f}x")
+            print(f"windows/s tuned / {name}: {results[name]['seconds'] / tuned['seconds']:.2f}x")
         return
     base = results["default"]
     keys = [k for k in ("forward_s", "forward_thread_s", "train_step_s") if k in base]
