@@ -123,11 +123,12 @@ def test_selection_score():
     assert selection_score({}, "mean_f1") != selection_score({}, "mean_f1")  # NaN
 
 
-def test_resume_equals_an_uninterrupted_run(data, tmp_path):
-    full = run_training(tiny(data, tmp_path / "full", epochs=2))
-    first = run_training(tiny(data, tmp_path / "split", epochs=2, max_steps=2))  # stops after epoch 1
+@pytest.mark.parametrize("ema", [None, 0.5])
+def test_resume_equals_an_uninterrupted_run(data, tmp_path, ema):
+    full = run_training(tiny(data, tmp_path / "full", epochs=2, ema=ema))
+    first = run_training(tiny(data, tmp_path / "split", epochs=2, max_steps=2, ema=ema))  # stops after epoch 1
     assert first.epochs_done == 1 and first.stopped_early
-    events = collect(tiny(data, tmp_path / "split", epochs=2), resume=True)
+    events = collect(tiny(data, tmp_path / "split", epochs=2, ema=ema), resume=True)
     assert events[0].start_epoch == 2
     assert [e.epoch for e in events if isinstance(e, EpochEvent)] == [2]
     resumed = events[-1]
@@ -140,6 +141,20 @@ def test_resume_equals_an_uninterrupted_run(data, tmp_path):
     assert set(sa) == set(sb) and any(k.startswith("optim/") for k in sa)
     torch.testing.assert_close(sa["optim/0/square_avg"], sb["optim/0/square_avg"], rtol=1e-5, atol=1e-7)
     assert len(read_metrics_csv(resumed.run_dir)) == 2
+    assert any(k.startswith("ema/") for k in sa) == (ema is not None)
+
+
+def test_checkpoints_hold_the_weight_average(data, tmp_path):
+    result = run_training(tiny(data, tmp_path / "run", epochs=1, ema=0.5))
+    last = load_file(result.last_checkpoint)
+    state = load_file(Path(result.run_dir) / "state.safetensors")
+    assert float(state["ema/n_averaged"]) == 2  # one update per step
+    name = "classifier.weight"
+    torch.testing.assert_close(last[name].float(), state[f"ema/module.{name}"])
+    assert not torch.equal(last[name].float(), state[f"model/{name}"])  # the average, not the last step
+    # BatchNorm statistics are averaged too: the checkpoint's match the average's.
+    bn = next(k for k in last if k.endswith("running_mean"))
+    torch.testing.assert_close(last[bn].float(), state[f"ema/module.{bn}"])
 
 
 def test_cancel_mid_epoch_keeps_checkpoints_and_resumes(data, tmp_path):
@@ -208,6 +223,7 @@ def test_init_with_another_width_is_a_clear_error(data, tmp_path):
         ({"select_metric": "accuracy"}, "select_metric"),
         ({"init": "/nonexistent/model.safetensors"}, "init checkpoint not found"),
         ({"group_regex": "[a"}, "not a valid regular expression"),
+        ({"ema": 1.0}, "ema must be a decay"),
     ],
 )
 def test_bad_configs_raise_clear_errors(data, tmp_path, change, match):

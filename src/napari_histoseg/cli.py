@@ -276,6 +276,9 @@ def _add_train(sub) -> None:
     p.add_argument("--val-every", type=int, default=defaults.val_every)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--opening-radius", type=int, default=defaults.opening_radius)
+    p.add_argument(
+        "--ema", type=float, help="validate and save a moving average of the weights with this decay (e.g. 0.99)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=cmd_train)
 

@@ -38,6 +38,9 @@ class TrainConfig:
     - ``amp``: bf16 autocast on CUDA and on CPUs with AMX or AVX512-BF16 (ignored elsewhere). ``model_mpp``:
       microns per pixel of the training images, stored in the model card so inference matches it (CoNSeP: 0.25).
     - ``max_steps``: stop after this many optimizer steps in total (smoke tests, benchmarks).
+    - ``ema``: decay of an exponential moving average of the weights (and BatchNorm statistics), updated after
+      every step, e.g. 0.99 (an average over ~100 steps). When set, validation and the saved checkpoints use the
+      averaged weights, which score more steadily than the last step's; None trains without it.
     """
 
     train_dir: str
@@ -66,6 +69,7 @@ class TrainConfig:
     val_every: int = 1
     max_steps: int | None = None
     opening_radius: int = DEFAULT_OPENING_RADIUS
+    ema: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +155,7 @@ class TrainConfig:
         need(
             is_int(c.opening_radius) and c.opening_radius >= 0, f"opening_radius must be >= 0, got {c.opening_radius!r}"
         )
+        need(c.ema is None or (is_num(c.ema) and 0 < c.ema < 1), f"ema must be a decay in (0, 1), got {c.ema!r}")
         c.amp = bool(c.amp)
         c.train_dir = str(Path(c.train_dir).resolve())
         c.out = str(Path(c.out).resolve())

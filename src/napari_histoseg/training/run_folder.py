@@ -35,11 +35,20 @@ CSV_FIELDS = (
 )
 
 
-def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: dict) -> None:
-    """Weights, optimizer tensors and RNG state as safetensors; everything else as JSON metadata. No pickle."""
+def save_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    info: dict,
+    averaged: torch.nn.Module | None = None,
+) -> None:
+    """Weights, optimizer tensors, the weight average (``averaged``, as ``ema/...``) and RNG state as
+    safetensors; everything else as JSON metadata. No pickle."""
     tensors: dict[str, torch.Tensor] = {
         f"model/{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
     }
+    if averaged is not None:
+        tensors.update({f"ema/{k}": v.detach().to("cpu").contiguous().clone() for k, v in averaged.state_dict().items()})
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for index, entries in opt["state"].items():

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..engine.allocator import tune_cpu_allocator
@@ -304,6 +305,13 @@ def train(
         tune_cpu_allocator()
     model = model.to(device).to(memory_format=memory_format)
     optimizer = _make_optimizer(config, model.parameters())
+    ema = None
+    if config.ema is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+        if resume:
+            ema.load_state_dict({k[len("ema/") :]: v for k, v in tensors.items() if k.startswith("ema/")})
+    # What is validated and saved: the weight average when there is one.
+    evaluated = model if ema is None else ema.module
     plateau = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
         if config.scheduler == "plateau"
@@ -377,7 +385,7 @@ def train(
             "score": json_safe(score),
         }
         card = card_for(
-            model,
+            evaluated,
             mpp=config.model_mpp,
             training=training,
             metrics=json_safe(metrics),
@@ -385,7 +393,7 @@ def train(
             logit_bias=logit_bias,
             stain_target=stain_target,
         )
-        return str(save_checkpoint(run_dir / stem, model, card))
+        return str(save_checkpoint(run_dir / stem, evaluated, card))
 
     yield TrainStart(
         run_dir=str(run_dir),
@@ -429,6 +437,8 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 global_step += 1
                 value = float(loss.detach())
                 if not math.isfinite(value):
@@ -452,7 +462,7 @@ def train(
             score = float("nan")
             t_val = time.perf_counter()
             if epoch % config.val_every == 0 or epoch == config.epochs or stopped_early:
-                val = validate_model(model, val_samples, device, config, class_weights, logit_bias, val_normalize)
+                val = validate_model(evaluated, val_samples, device, config, class_weights, logit_bias, val_normalize)
                 score = selection_score(val, config.select_metric)
                 if plateau is not None and math.isfinite(score) and global_step >= config.warmup:
                     plateau.step(score)
@@ -485,6 +495,7 @@ def train(
                         "init_report": init_report,
                         "history": history,
                     },
+                    averaged=ema,
                 )
             epochs_done = epoch
             yield EpochEvent(
