@@ -35,6 +35,10 @@ CSV_FIELDS = (
 )
 
 
+def _cpu_copies(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
 def save_state(
     path: Path,
     model: torch.nn.Module,
@@ -44,11 +48,9 @@ def save_state(
 ) -> None:
     """Weights, optimizer tensors, the weight average (``averaged``, as ``ema/...``) and RNG state as
     safetensors; everything else as JSON metadata. No pickle."""
-    tensors: dict[str, torch.Tensor] = {
-        f"model/{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
-    }
+    tensors = _cpu_copies("model/", model)
     if averaged is not None:
-        tensors.update({f"ema/{k}": v.detach().to("cpu").contiguous().clone() for k, v in averaged.state_dict().items()})
+        tensors.update(_cpu_copies("ema/", averaged))
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for index, entries in opt["state"].items():
