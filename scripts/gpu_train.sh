@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Train the default model on a lent GPU machine in one prepared call, and bring the best weights back.
+#
+# Here, once:   scripts/gpu_train.sh --prepare
+#               copies ../shared/data/consep (47 MB) into .device-data/consep (git-ignored) for the call to carry.
+# On the GPU:   the device tool's run, in the repo root, with carry [".device-data"] and timeout_s 600:
+#               bash scripts/gpu_train.sh
+# Back here:    python scripts/bundle_model.py <files_at>/finetune/best.safetensors (or scratch/), after comparing
+#               the two runs' evaluations printed at the end of the output.
+#
+# The GPU machine has torch, numpy, scipy, scikit-image, tifffile and safetensors but no napari, zarr or dask: the
+# package runs from src/ (PYTHONPATH), and its training path imports none of those (tests/test_gpu_script.py runs
+# this script on the CPU with them blocked). Two runs share the GPU, each sized to a wall-clock budget:
+#   finetune  the bundled model, lr 1e-4 (cosine, 100 warm-up steps), stain jitter 0.1, weight average (EMA 0.999);
+#   scratch   ResUNet++ at full width from scratch, lr 5e-4 (cosine, 200 warm-up steps), stain jitter 0.1, EMA 0.999.
+# Both: RMSprop, batch 8, 256 px patches, weighted cross-entropy (N/N_c), every epoch validated on CoNSeP val, the
+# best checkpoint kept. Their epoch counts come from a timed calibration run of CALIBRATION_STEPS steps, so that
+# both finish inside BUDGET_SECONDS (default 390 s; a call is at most 600 s, start-up included).
+#
+# Environment: BUDGET_SECONDS, CALIBRATION_STEPS (default 30), DEVICE (default auto), MAX_EPOCHS (default 400),
+# PATCH (default 256), BATCH (default 8), DATA (default .device-data/consep), OUT (set by the device tool; default
+# runs/gpu-out).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+if [[ "${1:-}" == "--prepare" ]]; then
+    mkdir -p .device-data
+    rm -rf .device-data/consep
+    cp -r "${HISTOSEG_CONSEP:-$here/../shared/data/consep}" .device-data/consep
+    du -sh .device-data/consep
+    exit 0
+fi
+
+data="${DATA:-.device-data/consep}"
+out="${OUT:-runs/gpu-out}"
+budget="${BUDGET_SECONDS:-390}"
+calibration_steps="${CALIBRATION_STEPS:-30}"
+device="${DEVICE:-auto}"
+max_epochs="${MAX_EPOCHS:-400}"
+patch="${PATCH:-256}"
+batch="${BATCH:-8}"
+work="$(mktemp -d)"
+export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+[[ -d "$data/train" && -d "$data/val" ]] || { echo "error: $data/train and $data/val not found (run --prepare here)"; exit 2; }
+mkdir -p "$out"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+    torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+
+common=(--val "$data/val" --batch-size "$batch" --patch "$patch" --optimizer rmsprop --scheduler cosine --stain-jitter 0.1
+    --model-mpp 0.25 --select-metric score --ema 0.999 --device "$device" --seed 0)
+finetune=(--init src/napari_histoseg/weights/default.safetensors --lr 1e-4 --warmup 100)
+scratch=(--width 1.0 --lr 5e-4 --warmup 200)
+
+train() {  # train NAME EPOCHS [options...]
+    local name="$1" epochs="$2"
+    shift 2
+    python3 -m napari_histoseg.cli train "$data/train" --out "$work/$name" --epochs "$epochs" "${common[@]}" "$@"
+}
+
+# Calibration: both runs side by side for a few steps (validation included), as they will run.
+start=$(date +%s.%N)
+train cal-finetune 1 "${finetune[@]}" --max-steps "$calibration_steps" > "$work/cal-finetune.log" 2>&1 &
+train cal-scratch 1 "${scratch[@]}" --max-steps "$calibration_steps" > "$work/cal-scratch.log" 2>&1 &
+wait
+calibration=$(python3 -c "import time; print(time.time() - $start)")
+steps_per_epoch=$(grep -o '[0-9]* steps per epoch' "$work/cal-scratch.log" | grep -o '^[0-9]*')
+epochs=$(python3 -c "
+per_step = $calibration / $calibration_steps  # seconds per step, both runs sharing the GPU (validation included)
+epochs = int(($budget - $calibration) / (per_step * $steps_per_epoch))
+print(max(1, min($max_epochs, epochs)))")
+echo "calibration: $calibration_steps steps of both runs in ${calibration}s; $steps_per_epoch steps per epoch -> $epochs epochs each"
+
+train finetune "$epochs" "${finetune[@]}" > "$out/finetune.log" 2>&1 &
+train scratch "$epochs" "${scratch[@]}" > "$out/scratch.log" 2>&1 &
+wait || true
+tail -n 3 "$out/finetune.log" "$out/scratch.log"
+
+for name in finetune scratch; do
+    run="$work/$name"
+    [[ -f "$run/best.safetensors" ]] || { echo "$name: no best checkpoint"; continue; }
+    mkdir -p "$out/$name"  # 3 files per run and 2 logs: the device tool brings back 8 files at most
+    cp "$run/best.safetensors" "$run/best.json" "$run/metrics.csv" "$out/$name/"
+    echo "== $name: histoseg evaluate on $data/val"
+    python3 -m napari_histoseg.cli evaluate "$data/val" --model "$run/best.safetensors" --device "$device" ||
+        echo "$name: evaluation failed"
+done
+rm -rf "$work"
