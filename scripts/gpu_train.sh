@@ -14,10 +14,10 @@
 #   finetune  the bundled model, lr 1e-4 (cosine, 100 warm-up steps), stain jitter 0.1, weight average (EMA 0.999);
 #   scratch   ResUNet++ at full width from scratch, lr 5e-4 (cosine, 200 warm-up steps), stain jitter 0.1, EMA 0.999.
 # Both: RMSprop, batch 8, 256 px patches, weighted cross-entropy (N/N_c), every epoch validated on CoNSeP val, the
-# best checkpoint kept. Their epoch counts come from a timed calibration run of CALIBRATION_STEPS steps, so that
-# both finish inside BUDGET_SECONDS (default 390 s; a call is at most 600 s, start-up included).
+# best checkpoint kept. Their epoch counts come from a timed calibration epoch, so that both finish inside
+# BUDGET_SECONDS (default 390 s; one command may run 600 s, and the machine's start-up counts too).
 #
-# Environment: BUDGET_SECONDS, CALIBRATION_STEPS (default 30), DEVICE (default auto), MAX_EPOCHS (default 400),
+# Environment: BUDGET_SECONDS, DEVICE (default auto), MAX_EPOCHS (default 400),
 # PATCH (default 256), BATCH (default 8), DATA (default .device-data/consep), OUT (set by the device tool; default
 # runs/gpu-out).
 set -euo pipefail
@@ -35,7 +35,6 @@ fi
 data="${DATA:-.device-data/consep}"
 out="${OUT:-runs/gpu-out}"
 budget="${BUDGET_SECONDS:-390}"
-calibration_steps="${CALIBRATION_STEPS:-30}"
 device="${DEVICE:-auto}"
 max_epochs="${MAX_EPOCHS:-400}"
 patch="${PATCH:-256}"
@@ -58,18 +57,30 @@ train() {  # train NAME EPOCHS [options...]
     python3 -m napari_histoseg.cli train "$data/train" --out "$work/$name" --epochs "$epochs" "${common[@]}" "$@"
 }
 
-# Calibration: both runs side by side for a few steps (validation included), as they will run.
+# Calibration: one epoch of both runs side by side, as they will run; each prints its epoch's seconds (training
+# steps and validation, without start-up), and the slower one sets the pace. The first epoch is the slowest
+# (cuDNN autotuning, warm-up), so the estimate errs on the safe side.
 start=$(date +%s.%N)
-train cal-finetune 1 "${finetune[@]}" --max-steps "$calibration_steps" > "$work/cal-finetune.log" 2>&1 &
-train cal-scratch 1 "${scratch[@]}" --max-steps "$calibration_steps" > "$work/cal-scratch.log" 2>&1 &
+train cal-finetune 1 "${finetune[@]}" > "$work/cal-finetune.log" 2>&1 &
+train cal-scratch 1 "${scratch[@]}" > "$work/cal-scratch.log" 2>&1 &
 wait
-calibration=$(python3 -c "import time; print(time.time() - $start)")
-steps_per_epoch=$(grep -o '[0-9]* steps per epoch' "$work/cal-scratch.log" | grep -o '^[0-9]*')
-epochs=$(python3 -c "
-per_step = $calibration / $calibration_steps  # seconds per step, both runs sharing the GPU (validation included)
-epochs = int(($budget - $calibration) / (per_step * $steps_per_epoch))
-print(max(1, min($max_epochs, epochs)))")
-echo "calibration: $calibration_steps steps of both runs in ${calibration}s; $steps_per_epoch steps per epoch -> $epochs epochs each"
+epochs=$(python3 - "$start" "$budget" "$max_epochs" "$work"/cal-*.log <<'PY'
+import re, sys, time
+start, budget, max_epochs, logs = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+spent = time.time() - start
+seconds = []
+for log in logs:
+    found = re.findall(r"^epoch 1/1 .* (\d+) s$", open(log).read(), flags=re.M)
+    if not found:
+        sys.exit(f"calibration failed, see {log}:\n" + open(log).read()[-2000:])
+    seconds.append(max(1, int(found[-1])))
+epochs = max(1, min(max_epochs, int((budget - spent) / max(seconds))))
+print(f"calibration: {spent:.0f} s in all, an epoch of both runs side by side {max(seconds)} s -> {epochs} epochs",
+      file=sys.stderr)
+print(epochs)
+PY
+)
+echo "$epochs epochs each"
 
 train finetune "$epochs" "${finetune[@]}" > "$out/finetune.log" 2>&1 &
 train scratch "$epochs" "${scratch[@]}" > "$out/scratch.log" 2>&1 &
