@@ -23,7 +23,8 @@
 #
 # Measured on a 2-core CPU (torch 2.13, fp32): ~2 min per epoch on idle cores (stage 1 took 102 min of epoch
 # time on shared cores, stage 2 128 min, stage 3 63 min). On a GPU the whole script takes minutes; there, more epochs
-# (e.g. stage 2 with --epochs 200) and --width 1.0 are the better model.
+# (e.g. stage 2 with --epochs 200) and --width 1.0 are the better model; scripts/gpu_train.sh is the prepared call
+# for a lent GPU machine (a longer fine-tune of the bundled model and a full-width run from scratch).
 #
 # Usage: scripts/train_default.sh [RUN_DIR] [extra histoseg train options for every stage...]
 # Rerun the same command to resume an interrupted run: a stage with a state file continues where it stopped
