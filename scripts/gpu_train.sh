@@ -18,7 +18,7 @@
 # BUDGET_SECONDS (default 390 s; one command may run 600 s, and the machine's start-up counts too).
 #
 # Environment: BUDGET_SECONDS, DEVICE (default auto), MAX_EPOCHS (default 400),
-# PATCH (default 256), BATCH (default 8), DATA (default .device-data/consep), OUT (set by the device tool; default
+# PATCH (default 256), BATCH (default 8), WORKERS (default 6), DATA (default .device-data/consep), OUT (set by the device tool; default
 # runs/gpu-out).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,6 +39,7 @@ device="${DEVICE:-auto}"
 max_epochs="${MAX_EPOCHS:-400}"
 patch="${PATCH:-256}"
 batch="${BATCH:-8}"
+workers="${WORKERS:-6}"  # loader processes per run: two runs and their main processes share 16 cores
 work="$(mktemp -d)"
 export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [[ -d "$data/train" && -d "$data/val" ]] || { echo "error: $data/train and $data/val not found (run --prepare here)"; exit 2; }
@@ -47,7 +48,8 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
     torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 
 common=(--val "$data/val" --batch-size "$batch" --patch "$patch" --optimizer rmsprop --scheduler cosine --stain-jitter 0.1
-    --model-mpp 0.25 --select-metric score --ema 0.999 --device "$device" --seed 0)
+    --model-mpp 0.25 --select-metric score --ema 0.999 --device "$device" --seed 0
+    --num-workers "$workers")
 finetune=(--init src/napari_histoseg/weights/default.safetensors --lr 1e-4 --warmup 100)
 scratch=(--width 1.0 --lr 5e-4 --warmup 200)
 

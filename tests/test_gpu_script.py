@@ -46,6 +46,7 @@ def test_gpu_script_trains_both_runs_and_returns_their_best(tmp_path):
         "BUDGET_SECONDS": "1",  # past the budget after calibrating: one epoch each
         "PATCH": "64",
         "BATCH": "2",
+        "WORKERS": "1",  # the loader processes too
     }
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_train.sh")], env=env, capture_output=True, text=True, timeout=900
