@@ -49,11 +49,11 @@ def main() -> None:
     widget.result.value = f"{format_counts(L.store_counts(store))}\n{layer_readout(labels)['text']}"
     y0, x0, y1, x1 = args.zoom_box
     scale = np.asarray(image.scale[-2:])
-    viewer.camera.center = tuple(scale * [(y0 + y1) / 2, (x0 + x1) / 2])
-    viewer.camera.zoom = 1.0
+    viewer.scene.camera.center = tuple(scale * [(y0 + y1) / 2, (x0 + x1) / 2])
+    viewer.scene.camera.zoom = 1.0
     viewer.reset_view()
-    viewer.camera.center = tuple(scale * [(y0 + y1) / 2, (x0 + x1) / 2])
-    viewer.camera.zoom *= max(image.data[0].shape[0] / (y1 - y0), 1.0) * 0.9
+    viewer.scene.camera.center = tuple(scale * [(y0 + y1) / 2, (x0 + x1) / 2])
+    viewer.scene.camera.zoom *= max(image.data[0].shape[0] / (y1 - y0), 1.0) * 0.9
     deadline = time.monotonic() + 5  # let napari load the multiscale tiles of the new view
     while time.monotonic() < deadline:
         QApplication.processEvents()

@@ -157,8 +157,8 @@ def test_slide_region_gives_a_lazy_multiscale_layer(make_napari_viewer, qtbot, t
     assert labels.colormap.map(np.array([0, 1]))[:, 3].tolist() == [0, 1]
     # Segmenting the view next resumes the same store into the same layer.
     widget.extent.value = "current view"
-    viewer.camera.center = (0, 100 * image.scale[0], 100 * image.scale[1])
-    viewer.camera.zoom = viewer.canvas.size[0] / (300 * image.scale[0])
+    viewer.scene.camera.center = (0, 100 * image.scale[0], 100 * image.scale[1])
+    viewer.scene.camera.zoom = viewer.canvas.size[0] / (300 * image.scale[0])
     _run(qtbot, widget)
     assert widget.last_layer is labels and len(viewer.layers) == 3
     assert (0, 0) in store.done_blocks()
@@ -234,8 +234,8 @@ def test_current_view_of_an_image_segments_only_what_is_shown(make_napari_viewer
     image = viewer.add_image(real_tissue(256, 256), rgb=True, name="tissue")
     viewer.window._qt_window.resize(900, 700)
     qtbot.wait(50)
-    viewer.camera.center = (64, 64)
-    viewer.camera.zoom = min(viewer.canvas.size) / 100  # about 100 px of the image across the short side
+    viewer.scene.camera.center = (64, 64)
+    viewer.scene.camera.zoom = min(viewer.canvas.size) / 100  # about 100 px of the image across the short side
     box = L.visible_box(viewer, image)
     assert box[0] < 64 < box[2] and box[2] < 200 and box[3] < 256
     widget = _widget(viewer, tiny_checkpoint, tile=64, extent="current view")

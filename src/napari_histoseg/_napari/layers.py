@@ -141,8 +141,8 @@ def image_shape(image: Image) -> tuple[int, int]:
 def visible_box(viewer, image: Image) -> Box:
     """The level-0 pixel box of ``image`` that the canvas shows now (2-D view)."""
     height, width = viewer.canvas.size
-    zoom = viewer.camera.zoom
-    cy, cx = viewer.camera.center[-2:]
+    zoom = viewer.scene.camera.zoom
+    cy, cx = viewer.scene.camera.center[-2:]
     hy, hx = height / zoom / 2, width / zoom / 2
     corners = np.array([[cy - hy, cx - hx], [cy + hy, cx + hx]])
     data = np.array([image.world_to_data(c) for c in corners])[:, -2:]
