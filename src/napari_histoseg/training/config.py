@@ -39,8 +39,8 @@ class TrainConfig:
       microns per pixel of the training images, stored in the model card so inference matches it (CoNSeP: 0.25).
     - ``max_steps``: stop after this many optimizer steps in total (smoke tests, benchmarks).
     - ``ema``: decay of an exponential moving average of the weights (and BatchNorm statistics), updated after
-      every step, e.g. 0.99 (an average over ~100 steps). When set, validation and the saved checkpoints use the
-      averaged weights, which score more steadily than the last step's; None trains without it.
+      every step, e.g. 0.99 (an average over ~100 steps), to smooth out the step-to-step noise of small batches.
+      When set, validation and the saved checkpoints use the averaged weights; None trains without it.
     """
 
     train_dir: str
