@@ -3,8 +3,9 @@ the cheap steps are varied on its cached class scores.
 
 Varied: the logit bias, ``tau`` times the card's ``logit_bias`` (``-log(class weight)``, see
 ``ModelCard.logit_bias``; ``tau = 1`` is what inference uses, ``0`` none; a checkpoint written before the card
-had the field takes it from ``--class-weights``), the opening radius and the smallest cell area kept.
-Prints one line per setting, then the best by detection F1.
+had the field takes it from ``--class-weights``), offsets added to the background, tumor and boundary logits on
+top of it, the opening radius, the smallest cell area kept and the seed rule that splits touching cells
+(``postprocess.split_touching``'s depth and ratio). Prints one line per setting, then the best by detection F1.
 
 Usage: python scripts/tune_postprocess.py CHECKPOINT DATA_DIR [--class-weights RUN/class_weights.json]
 """
@@ -23,6 +24,7 @@ from napari_histoseg.cleanup import open_labels
 from napari_histoseg.engine.stain_transform import normalizer_for
 from napari_histoseg.metrics import SegmentationMetrics
 from napari_histoseg.model.checkpoint import load_checkpoint
+from napari_histoseg.postprocess import DEFAULT_SPLIT_DEPTH, DEFAULT_SPLIT_RATIO
 from napari_histoseg.training.data import find_pairs, load_pairs, pooled_stain_stats
 from napari_histoseg.training.dataset import EvalDataset
 
@@ -52,6 +54,10 @@ def cached_logits(
     return out, card.logit_bias
 
 
+def _values(text: str, kind: type = float) -> list:
+    return [kind(v) for v in text.split(",")]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
@@ -60,6 +66,11 @@ def main() -> None:
     p.add_argument("--taus", default="0,0.25,0.5,0.75,1")
     p.add_argument("--radii", default="0,1,2,3")
     p.add_argument("--min-areas", default="4,8,12,16,24")
+    p.add_argument("--background-offsets", default="0", help="added to the background logit, e.g. 0,-0.4")
+    p.add_argument("--tumor-offsets", default="0", help="added to the tumor logit")
+    p.add_argument("--boundary-offsets", default="0", help="added to the boundary logit")
+    p.add_argument("--split-depths", default=str(DEFAULT_SPLIT_DEPTH))
+    p.add_argument("--split-ratios", default=str(DEFAULT_SPLIT_RATIO))
     p.add_argument("--no-stain-norm", action="store_true", help="score the images' own colours")
     args = p.parse_args()
 
@@ -68,26 +79,37 @@ def main() -> None:
     if args.class_weights:
         bias = -np.log(np.asarray(json.loads(Path(args.class_weights).read_text())["class_weights"], np.float32))
     rows = []
-    for tau, radius in itertools.product(map(float, args.taus.split(",")), map(int, args.radii.split(","))):
-        preds = [open_labels((lg + tau * bias[:, None, None]).argmax(0).astype(np.uint8), radius) for lg, _, _ in cache]
-        for min_area in map(int, args.min_areas.split(",")):
-            m = SegmentationMetrics(min_area=min_area)
+    logit_grid = itertools.product(
+        _values(args.taus), _values(args.background_offsets), _values(args.tumor_offsets),
+        _values(args.boundary_offsets), _values(args.radii, int),
+    )  # fmt: skip
+    rules = list(
+        itertools.product(_values(args.min_areas, int), _values(args.split_depths), _values(args.split_ratios))
+    )
+    for tau, bg, tumor, boundary, radius in logit_grid:
+        offset = np.zeros_like(bias)
+        offset[[0, 1, 3]] = bg, tumor, boundary
+        shift = (tau * bias + offset)[:, None, None]
+        preds = [open_labels((lg + shift).argmax(0).astype(np.uint8), radius) for lg, _, _ in cache]
+        for min_area, depth, ratio in rules:
+            m = SegmentationMetrics(min_area=min_area, split_depth=depth, split_ratio=ratio)
             for pred, (_, gt, inst) in zip(preds, cache, strict=True):
                 m.update(pred, gt, inst)
             s = m.compute()
-            rows.append((tau, radius, min_area, s))
+            setting = (
+                f"tau {tau:.2f} offsets bg {bg:+.2f} tumor {tumor:+.2f} boundary {boundary:+.2f} radius {radius} "
+                f"min_area {min_area:3d} split depth {depth:.1f} ratio {ratio:.2f}"
+            )
+            rows.append((setting, s))
             print(
-                f"tau {tau:.2f} radius {radius} min_area {min_area:3d}: det F1 {s['detection_f1']:.3f} "
-                f"(P {s['detection_precision']:.3f} R {s['detection_recall']:.3f}) tumor F1 {s['type_f1_tumor']:.3f} "
-                f"non-tumor F1 {s['type_f1_non_tumor']:.3f} cell Dice {s['mean_f1']:.3f}",
+                f"{setting}: det F1 {s['detection_f1']:.4f} (P {s['detection_precision']:.3f} "
+                f"R {s['detection_recall']:.3f}) tumor F1 {s['type_f1_tumor']:.4f} "
+                f"non-tumor F1 {s['type_f1_non_tumor']:.4f} cell Dice {s['mean_f1']:.4f}",
                 flush=True,
             )
     print("\nbest by detection F1:")
-    for tau, radius, min_area, s in sorted(rows, key=lambda r: -r[3]["detection_f1"])[:5]:
-        print(
-            f"  tau {tau} radius {radius} min_area {min_area}: det F1 {s['detection_f1']:.3f} tumor F1 "
-            f"{s['type_f1_tumor']:.3f}"
-        )
+    for setting, s in sorted(rows, key=lambda r: -r[1]["detection_f1"])[:5]:
+        print(f"  {setting}: det F1 {s['detection_f1']:.4f} tumor F1 {s['type_f1_tumor']:.4f}")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,20 @@ def test_perfect_prediction_scores_one():
         assert s["n_true_cells"] == s["n_pred_cells"] == 5
 
 
+def test_split_rule_is_the_metrics_setting():
+    """Two nuclei joined through a 3-px gap in their rings: the default seed rule splits them (both detected); one
+    that asks each seed to rise 100 px does not (one cell, which matches one of the two at most)."""
+    gt, inst = _cells([(40, 40), (40, 56)], [TUMOR, TUMOR], shape=(80, 100))
+    pred = gt.copy()
+    pred[39:42, 44:53] = TUMOR  # open both rings where they meet
+    split = SegmentationMetrics()
+    joined = SegmentationMetrics(split_depth=100.0)
+    for m in (split, joined):
+        m.update(pred, gt, inst)
+    assert split.compute()["n_pred_cells"] == 2 and split.compute()["detection_recall"] == 1.0
+    assert joined.compute()["n_pred_cells"] == 1 and joined.compute()["detection_recall"] < 1.0
+
+
 def test_small_shift_keeps_detection_but_lowers_dice():
     gt, inst = _cells(CENTRES, CLASSES)
     s = _scores(_shift(gt, 3, 2), gt, inst)

@@ -36,7 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from .classes import NON_TUMOR, NUM_CLASSES, TUMOR
-from .postprocess import DEFAULT_MIN_AREA, cells_from_labels
+from .postprocess import DEFAULT_MIN_AREA, DEFAULT_SPLIT_DEPTH, DEFAULT_SPLIT_RATIO, cells_from_labels
 
 _TYPES = (TUMOR, NON_TUMOR)
 
@@ -181,14 +181,27 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 
 
 class SegmentationMetrics:
-    """Accumulates pixel and object metrics over images; ``compute()`` gives the pooled scores."""
+    """Accumulates pixel and object metrics over images; ``compute()`` gives the pooled scores.
 
-    def __init__(self, num_classes: int = NUM_CLASSES, match_radius: float = 12.0, min_area: int = DEFAULT_MIN_AREA):
+    ``min_area``, ``split_depth`` and ``split_ratio`` are the cell rules of
+    :func:`~napari_histoseg.postprocess.cells_from_labels` (for the predicted cells, and for true cells taken
+    from a class map); the defaults are what inference uses.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = NUM_CLASSES,
+        match_radius: float = 12.0,
+        min_area: int = DEFAULT_MIN_AREA,
+        split_depth: float = DEFAULT_SPLIT_DEPTH,
+        split_ratio: float = DEFAULT_SPLIT_RATIO,
+    ):
         if match_radius <= 0:
             raise ValueError(f"match_radius must be positive, got {match_radius}")
         self.num_classes = num_classes
         self.match_radius = float(match_radius)
         self.min_area = min_area
+        self._cell_rules = {"min_area": min_area, "split_depth": split_depth, "split_ratio": split_ratio}
         self.reset()
 
     def reset(self) -> None:
@@ -204,7 +217,7 @@ class SegmentationMetrics:
         pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)
         self.confusion += confusion_matrix(pred_labels, gt_labels, self.num_classes)
 
-        pred_inst, pred_cls = cells_from_labels(pred_labels, min_area=self.min_area)
+        pred_inst, pred_cls = cells_from_labels(pred_labels, **self._cell_rules)
         if gt_inst is not None and np.asarray(gt_inst).size:
             gt_inst = np.asarray(gt_inst)
             _check_pair(gt_inst, gt_labels)
@@ -215,7 +228,7 @@ class SegmentationMetrics:
                 gt_inst = gt_inst + 1
             gt_cls = instance_classes(gt_inst, gt_labels)
         else:
-            gt_inst, gt_cls = cells_from_labels(gt_labels, min_area=self.min_area)
+            gt_inst, gt_cls = cells_from_labels(gt_labels, **self._cell_rules)
 
         pred_c = instance_centroids(pred_inst, len(pred_cls) - 1)
         gt_c = instance_centroids(gt_inst, len(gt_cls) - 1)

@@ -18,9 +18,15 @@ _CONNECTIVITY_2 = ndi.generate_binary_structure(2, 2)
 #: 24. 12 rather than 16 because the ceiling (the ground-truth class map scored against the instance maps) falls
 #: from 0.968 at 4 px to 0.952 at 12 and 0.943 at 16: small nuclei cut by patch edges are real.
 DEFAULT_MIN_AREA = 12
+#: Seed rule of :func:`split_touching` (see there); on the bundled model's CoNSeP val predictions, ratio 0.3-0.7 and
+#: depth 1-2 px all scored at or below these (``scripts/tune_postprocess.py``).
+DEFAULT_SPLIT_DEPTH = 1.5
+DEFAULT_SPLIT_RATIO = 0.5
 
 
-def split_touching(instances: np.ndarray, *, depth: float = 1.5, ratio: float = 0.5) -> int:
+def split_touching(
+    instances: np.ndarray, *, depth: float = DEFAULT_SPLIT_DEPTH, ratio: float = DEFAULT_SPLIT_RATIO
+) -> int:
     """Split instances that are two or more cells joined by a neck, in place; return the new instance count.
 
     With ``peak`` a region's largest inscribed radius (Euclidean distance to its edge), its seeds are the
@@ -78,8 +84,8 @@ def cells_from_labels(
     min_area: int = DEFAULT_MIN_AREA,
     expand: float = 3.0,
     split: bool = True,
-    split_depth: float = 1.5,
-    split_ratio: float = 0.5,
+    split_depth: float = DEFAULT_SPLIT_DEPTH,
+    split_ratio: float = DEFAULT_SPLIT_RATIO,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cell instances from a class-label map.
 
