@@ -17,9 +17,8 @@
 # best checkpoint kept. Their epoch counts come from a timed calibration epoch, so that both finish inside
 # BUDGET_SECONDS (default 390 s; one command may run 600 s, and the machine's start-up counts too).
 #
-# Environment: BUDGET_SECONDS, DEVICE (default auto), MAX_EPOCHS (default 400),
-# PATCH (default 256), BATCH (default 8), WORKERS (default 6), DATA (default .device-data/consep), OUT (set by the device tool; default
-# runs/gpu-out).
+# Environment: BUDGET_SECONDS, DEVICE (default auto), MAX_EPOCHS (default 400), PATCH (default 256), BATCH (default
+# 8), WORKERS (default 6), DATA (default .device-data/consep), OUT (set by the device tool; default runs/gpu-out).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -47,8 +46,8 @@ mkdir -p "$out"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
     torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 
-common=(--val "$data/val" --batch-size "$batch" --patch "$patch" --optimizer rmsprop --scheduler cosine --stain-jitter 0.1
-    --model-mpp 0.25 --select-metric score --ema 0.999 --device "$device" --seed 0
+common=(--val "$data/val" --batch-size "$batch" --patch "$patch" --optimizer rmsprop --scheduler cosine
+    --stain-jitter 0.1 --model-mpp 0.25 --select-metric score --ema 0.999 --device "$device" --seed 0
     --num-workers "$workers")
 finetune=(--init src/napari_histoseg/weights/default.safetensors --lr 1e-4 --warmup 100)
 scratch=(--width 1.0 --lr 5e-4 --warmup 200)
