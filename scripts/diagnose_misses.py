@@ -24,6 +24,7 @@ from napari_histoseg.metrics import (
     instance_centroids,
     instance_classes,
     match_centroids,
+    renumber_instances,
     type_counts,
     type_f1_from_counts,
 )
@@ -48,8 +49,7 @@ def main() -> None:
             raise SystemExit(f"{args.data_dir}: needs instance maps (inst/) to tell cells apart")
         pred = open_labels((logits + shift).argmax(0).astype(np.uint8), DEFAULT_OPENING_RADIUS)
         pred_inst, pred_cls = cells_from_labels(pred)
-        ids, true_inst = np.unique(inst, return_inverse=True)
-        true_inst = true_inst.reshape(inst.shape) + (ids[0] != 0)
+        true_inst = renumber_instances(inst)
         true_cls = instance_classes(true_inst, gt)
         true_c = instance_centroids(true_inst)
         pairs, un_pred, un_true = match_centroids(instance_centroids(pred_inst, len(pred_cls) - 1), true_c, 12)

@@ -13,6 +13,7 @@ from napari_histoseg.metrics import (
     dice_per_class,
     instance_centroids,
     match_centroids,
+    renumber_instances,
     type_f1,
 )
 from napari_histoseg.postprocess import cells_from_labels
@@ -204,6 +205,12 @@ def test_empty_images_give_nan_not_errors():
     assert s["dice"][0] == 1.0 and all(math.isnan(d) for d in s["dice"][1:])
     assert math.isnan(s["mean_f1"]) and math.isnan(s["detection_f1"]) and math.isnan(s["type_f1_tumor"])
     assert s["n_true_cells"] == 0
+
+
+def test_renumber_instances_keeps_background_and_order():
+    inst = np.array([[0, 7, 7], [3, 0, 9]])
+    np.testing.assert_array_equal(renumber_instances(inst), [[0, 2, 2], [1, 0, 3]])
+    np.testing.assert_array_equal(renumber_instances(np.array([[5, 8]])), [[1, 2]])  # no background: ids from 1
 
 
 def test_instance_centroids():

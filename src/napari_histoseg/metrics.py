@@ -93,6 +93,15 @@ def instance_centroids(instances: np.ndarray, count: int | None = None) -> np.nd
         return np.stack([sum_r / area, sum_c / area], axis=1)[1:]
 
 
+def renumber_instances(instances: np.ndarray) -> np.ndarray:
+    """The instance map with its ids renumbered 1..N in order, 0 kept as background (instance maps may skip ids,
+    e.g. patches cut from a larger map)."""
+    instances = np.asarray(instances)
+    ids, renumbered = np.unique(instances, return_inverse=True)
+    renumbered = renumbered.reshape(instances.shape)
+    return renumbered + 1 if ids[0] != 0 else renumbered
+
+
 def instance_classes(instances: np.ndarray, labels: np.ndarray, count: int | None = None) -> np.ndarray:
     """Class of instances 1..N (array of N + 1, index 0 unused): majority of tumor / non-tumor pixels in each.
 
@@ -200,7 +209,6 @@ class SegmentationMetrics:
             raise ValueError(f"match_radius must be positive, got {match_radius}")
         self.num_classes = num_classes
         self.match_radius = float(match_radius)
-        self.min_area = min_area
         self._cell_rules = {"min_area": min_area, "split_depth": split_depth, "split_ratio": split_ratio}
         self.reset()
 
@@ -221,11 +229,7 @@ class SegmentationMetrics:
         if gt_inst is not None and np.asarray(gt_inst).size:
             gt_inst = np.asarray(gt_inst)
             _check_pair(gt_inst, gt_labels)
-            # Renumber to 1..N: instance maps may skip ids (e.g. patches cut from a larger map).
-            ids, gt_inst = np.unique(gt_inst, return_inverse=True)
-            gt_inst = gt_inst.reshape(gt_labels.shape)
-            if ids[0] != 0:
-                gt_inst = gt_inst + 1
+            gt_inst = renumber_instances(gt_inst)
             gt_cls = instance_classes(gt_inst, gt_labels)
         else:
             gt_inst, gt_cls = cells_from_labels(gt_labels, **self._cell_rules)
