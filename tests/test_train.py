@@ -116,6 +116,14 @@ def test_best_is_kept_when_a_later_epoch_is_worse(data, tmp_path, monkeypatch):
     assert not torch.equal(best["classifier.weight"], last["classifier.weight"])
 
 
+def test_border_weighted_training_records_its_settings(data, tmp_path):
+    events = collect(tiny(data, tmp_path / "run", border_weight=10.0, border_sigma=3.0))
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert steps and all(math.isfinite(e.loss) and e.loss > 0 for e in steps)
+    settings = read_card(events[-1].best_checkpoint).training["config"]
+    assert settings["border_weight"] == 10.0 and settings["border_sigma"] == 3.0
+
+
 def test_selection_score():
     metrics = {"detection_f1": 0.6, "type_f1_tumor": float("nan"), "mean_f1": 0.8, "val_loss": 0.3}
     assert selection_score(metrics) == pytest.approx(0.7)  # NaN parts are skipped
@@ -224,6 +232,8 @@ def test_init_with_another_width_is_a_clear_error(data, tmp_path):
         ({"init": "/nonexistent/model.safetensors"}, "init checkpoint not found"),
         ({"group_regex": "[a"}, "not a valid regular expression"),
         ({"ema": 1.0}, "ema must be a decay"),
+        ({"border_weight": -1.0}, "border_weight must be >= 0"),
+        ({"border_sigma": 0.0}, "border_sigma must be > 0"),
     ],
 )
 def test_bad_configs_raise_clear_errors(data, tmp_path, change, match):

@@ -279,6 +279,15 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--ema", type=float, help="validate and save a moving average of the weights with this decay (e.g. 0.99)"
     )
+    p.add_argument(
+        "--border-weight",
+        type=float,
+        default=defaults.border_weight,
+        help="U-Net's w0: extra loss weight between touching cells (e.g. 10; 0 = none)",
+    )
+    p.add_argument(
+        "--border-sigma", type=float, default=defaults.border_sigma, help="width (px) of the border weight's falloff"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=cmd_train)
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .border_weights import DEFAULT_BORDER_SIGMA
 from .evaluate import DEFAULT_OPENING_RADIUS
 
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
@@ -41,6 +42,9 @@ class TrainConfig:
     - ``ema``: decay of an exponential moving average of the weights (and BatchNorm statistics), updated after
       every step, e.g. 0.99 (an average over ~100 steps), to smooth out the step-to-step noise of small batches.
       When set, validation and the saved checkpoints use the averaged weights; None trains without it.
+    - ``border_weight``: U-Net's ``w0``, an extra loss weight on the pixels between touching cells (gaps and
+      boundary rings), ``w0 * exp(-(d1 + d2)^2 / (2 border_sigma^2))`` with d1, d2 the distances (px) to the two
+      nearest cells, added to the class weight (see ``border_weights``); 0 (the default) trains without it.
     """
 
     train_dir: str
@@ -70,6 +74,8 @@ class TrainConfig:
     max_steps: int | None = None
     opening_radius: int = DEFAULT_OPENING_RADIUS
     ema: float | None = None
+    border_weight: float = 0.0
+    border_sigma: float = DEFAULT_BORDER_SIGMA
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +162,8 @@ class TrainConfig:
             is_int(c.opening_radius) and c.opening_radius >= 0, f"opening_radius must be >= 0, got {c.opening_radius!r}"
         )
         need(c.ema is None or (is_num(c.ema) and 0 < c.ema < 1), f"ema must be a decay in (0, 1), got {c.ema!r}")
+        need(is_num(c.border_weight) and c.border_weight >= 0, f"border_weight must be >= 0, got {c.border_weight!r}")
+        need(is_num(c.border_sigma) and c.border_sigma > 0, f"border_sigma must be > 0 px, got {c.border_sigma!r}")
         c.amp = bool(c.amp)
         c.train_dir = str(Path(c.train_dir).resolve())
         c.out = str(Path(c.out).resolve())

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import augment as augment_pair
+from .border_weights import DEFAULT_BORDER_SIGMA, border_weights
 from .data import Sample
 
 
@@ -40,10 +41,12 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 class PatchDataset(Dataset):
     """Random ``patch`` x ``patch`` crops of the samples, augmented; items are ``(image, labels)``.
 
-    ``image`` is float32 (3, p, p) in [0, 1] and ``labels`` int64 (p, p). An epoch has ``samples_per_epoch``
-    items; by default as many as the patches needed to tile every image once (an image of H x W contributes
-    ceil(H/p) * ceil(W/p) slots, so large images are visited in proportion to their area). Images smaller
-    than the patch are padded with white (labels 0). Call ``set_epoch`` before each epoch.
+    ``image`` is float32 (3, p, p) in [0, 1] and ``labels`` int64 (p, p). With ``border_weight`` > 0, items are
+    ``(image, labels, border)``: ``border`` float32 (p, p) is the U-Net weight term that separates touching cells
+    (``border_weights.border_weights`` with ``w0 = border_weight``), computed on the augmented labels. An epoch
+    has ``samples_per_epoch`` items; by default as many as the patches needed to tile every image once (an image
+    of H x W contributes ceil(H/p) * ceil(W/p) slots, so large images are visited in proportion to their area).
+    Images smaller than the patch are padded with white (labels 0). Call ``set_epoch`` before each epoch.
     """
 
     def __init__(
@@ -57,6 +60,8 @@ class PatchDataset(Dataset):
         seed: int = 0,
         small_rotation_deg: float = 15,
         max_shift: int = 16,
+        border_weight: float = 0.0,
+        border_sigma: float = DEFAULT_BORDER_SIGMA,
     ):
         if not samples:
             raise ValueError("PatchDataset needs at least one sample")
@@ -69,6 +74,8 @@ class PatchDataset(Dataset):
         self.seed = int(seed)
         self.small_rotation_deg = small_rotation_deg
         self.max_shift = max_shift
+        self.border_weight = float(border_weight)
+        self.border_sigma = float(border_sigma)
         slots = [math.ceil(s.labels.shape[0] / patch) * math.ceil(s.labels.shape[1] / patch) for s in self.samples]
         self._slot_image = np.repeat(np.arange(len(self.samples)), slots)
         self.samples_per_epoch = int(samples_per_epoch) if samples_per_epoch else len(self._slot_image)
@@ -90,7 +97,7 @@ class PatchDataset(Dataset):
         """The generator for item ``index`` of the current epoch."""
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         if not 0 <= index < self.samples_per_epoch:
             raise IndexError(index)
         rng = self.item_rng(index)
@@ -112,7 +119,10 @@ class PatchDataset(Dataset):
                 max_shift=self.max_shift,
                 stain_jitter=self.stain_jitter,
             )
-        return _to_tensor(image), torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))
+        item = (_to_tensor(image), torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64)))
+        if self.border_weight > 0:
+            item += (torch.from_numpy(border_weights(labels, self.border_weight, self.border_sigma)),)
+        return item
 
 
 class EvalDataset(Dataset):

@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..classes import CLASS_NAMES, NUM_CLASSES
@@ -56,6 +55,7 @@ from .config import (
 from .data import find_pairs, load_pairs, pooled_stain_stats, split_by_image, weights_from_counts
 from .dataset import PatchDataset, default_num_workers, make_loader
 from .evaluate import EvalResult, evaluate_model
+from .loss import weighted_cross_entropy
 from .run_folder import (
     BEST,
     LAST,
@@ -339,6 +339,8 @@ def train(
         samples_per_epoch=config.samples_per_epoch,
         stain_jitter=config.stain_jitter,
         seed=config.seed,
+        border_weight=config.border_weight,
+        border_sigma=config.border_sigma,
     )
     workers = default_num_workers() if config.num_workers is None else config.num_workers
     loader = make_loader(
@@ -420,7 +422,7 @@ def train(
             t_epoch = time.perf_counter()
             loss_sum, seen = 0.0, 0
             lr = optimizer.param_groups[0]["lr"]
-            for step, (images, labels) in enumerate(loader, start=1):
+            for step, (images, labels, *border) in enumerate(loader, start=1):
                 if should_stop is not None and should_stop():
                     cancelled = True
                     break
@@ -433,7 +435,8 @@ def train(
                 labels = labels.to(device, non_blocking=True)
                 with training_autocast(device) if config.amp else contextlib.nullcontext():
                     logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels, weight=weights_t)
+                border_t = border[0].to(device, non_blocking=True) if border else None
+                loss = weighted_cross_entropy(logits.float(), labels, weights_t, border_t)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
