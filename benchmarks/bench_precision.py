@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from napari_histoseg.engine.allocator import tune_cpu_allocator
 from napari_histoseg.engine.device import cpu_has_fast_bf16, prepare_model, select_device
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
 
@@ -62,6 +63,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd bf16 copies")
     args = parser.parse_args()
     device = select_device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # as training and inference jobs do (HISTOSEG_MALLOC_TUNING=0 to measure without)
     torch.manual_seed(0)
     # Memory layouts as training (channels_last only on CUDA: see training.train) and inference (prepare_model) use.
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
