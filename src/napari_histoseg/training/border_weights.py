@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 
 from ..postprocess import cells_from_labels
 
-#: U-Net's settings: w0 in the units of the class weights (background ~1), sigma in pixels.
+#: U-Net's falloff width, in pixels (its w0, 10, is in the units of the class weights: background ~1).
 DEFAULT_BORDER_SIGMA = 5.0
 
 
