@@ -66,6 +66,22 @@ def test_majority_class_and_tiny_specks_dropped():
     assert classes.size - 1 == 2
 
 
+def test_small_cells_cut_by_the_image_edge_are_kept():
+    labels = np.zeros((60, 60), np.uint8)
+    labels[28:31, 28:31] = TUMOR  # a 9-px speck inside: noise
+    labels[15:18, 30:33] = TUMOR  # another, across the border of 16-px blocks (not the image edge)
+    labels[10:13, 0:3] = NON_TUMOR  # 9 px at the left edge: a nucleus cut by the image
+    labels[40:43, 57:60] = TUMOR  # and at the right edge
+    table = extract_cells(labels)
+    np.testing.assert_array_equal(_sorted(table)[:, [0, 1, 3]], [[11, 1, NON_TUMOR], [41, 58, TUMOR]])
+    assert len(extract_cells(labels, edge_min_area=None)) == 0
+    assert len(extract_cells(labels, min_area=4, edge_min_area=None)) == 4
+    assert len(extract_cells(labels, edge_min_area=10)) == 0
+    blockwise = collect_cells(labels, block=16, halo=8)
+    np.testing.assert_array_equal(_sorted(blockwise.table), _sorted(table))
+    assert blockwise.summary()["settings"]["edge_min_area"] == 4
+
+
 @pytest.mark.parametrize("block", [32, 45, 64, 100])
 def test_blockwise_counts_each_cell_once(block):
     labels, centres, classes, areas = lattice((230, 250))

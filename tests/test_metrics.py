@@ -232,8 +232,9 @@ def test_consep_val_ground_truth_against_itself(consep_dir):
         from_labels.update(sample.labels, sample.labels)
         from_inst.update(sample.labels, sample.labels, sample.inst)
     s = from_labels.compute()
-    assert s["detection_f1"] == 1.0 and s["mean_f1"] == 1.0 and s["n_true_cells"] > 3000
+    assert s["detection_f1"] == 1.0 and s["mean_f1"] == 1.0 and s["n_true_cells"] > 2800
     # Against the instance maps, a perfect class map still merges touching nuclei and loses nuclei drawn
-    # only as boundary: the ceiling is high but below 1.
+    # only as boundary or smaller than the smallest cell kept (small lymphocytes among them): the ceiling is
+    # high but below 1 (detection F1 0.944 with the default cell rules; 0.928 without the smaller limit at the edge).
     t = from_inst.compute()
-    assert 0.95 < t["detection_f1"] < 1.0 and t["type_f1_tumor"] > 0.95 and t["type_f1_non_tumor"] > 0.95
+    assert 0.935 < t["detection_f1"] < 1.0 and t["type_f1_tumor"] > 0.95 and t["type_f1_non_tumor"] > 0.935

@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours
 
 from .classes import NON_TUMOR, TUMOR
-from .postprocess import DEFAULT_MIN_AREA, cells_from_labels
+from .postprocess import DEFAULT_EDGE_MIN_AREA, DEFAULT_MIN_AREA, cells_from_labels
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def iter_cells(
     block: int = 2048,
     halo: int = 64,
     min_area: int = DEFAULT_MIN_AREA,
+    edge_min_area: int | None = DEFAULT_EDGE_MIN_AREA,
     expand: float = 3.0,
     split: bool = True,
     polygons: bool = False,
@@ -161,6 +162,7 @@ def iter_cells(
     window are counted in ``oversized`` (and warned about) because they may be counted twice or not at all.
     ``polygons`` adds each cell's outline (``skimage.measure.find_contours``, simplified within ``tolerance`` px).
     The per-block tables are only in the events: a consumer that writes them out keeps memory bounded.
+    ``min_area`` and ``edge_min_area`` (for cells cut by the map's edge) are the rules of ``cells_from_labels``.
     """
     labels = label_array(source, level)
     if block < 16:
@@ -169,7 +171,8 @@ def iter_cells(
         raise CellExtractionError(f"halo must be at least 1 px, got {halo}")
     height, width = (int(v) for v in labels.shape)
     grid = [(by, bx) for by in range(math.ceil(height / block)) for bx in range(math.ceil(width / block))]
-    settings = {"block": block, "halo": halo, "min_area": min_area, "expand": expand, "split": split}
+    rules = {"min_area": min_area, "edge_min_area": edge_min_area, "expand": expand, "split": split}
+    settings = {"block": block, "halo": halo, **rules}
 
     def window(index: tuple[int, int]) -> tuple[tuple[int, int, int, int], tuple[int, int], np.ndarray]:
         y0, x0 = index[0] * block, index[1] * block
@@ -189,9 +192,7 @@ def iter_cells(
         for done in range(1, len(grid) + 1):
             core, origin, data = pending.result()
             pending = reader.submit(window, grid[done]) if done < len(grid) else None
-            table, n_oversized = _block_cells(
-                data, core, origin, (height, width), min_area, expand, split, polygons, tolerance
-            )
+            table, n_oversized = _block_cells(data, core, origin, (height, width), rules, polygons, tolerance)
             table.id = np.arange(next_id, next_id + len(table), dtype=np.int64)
             next_id += len(table)
             oversized += n_oversized
@@ -238,14 +239,14 @@ def _block_cells(
     core: tuple[int, int, int, int],
     origin: tuple[int, int],
     shape: tuple[int, int],
-    min_area: int,
-    expand: float,
-    split: bool,
+    rules: dict,
     polygons: bool,
     tolerance: float,
 ) -> tuple[CellTable, int]:
-    """The cells a block owns, found in its window ``data`` whose top-left pixel is ``origin``."""
-    instances, classes = cells_from_labels(data, min_area=min_area, expand=expand, split=split)
+    """The cells a block owns, found in its window ``data`` whose top-left pixel is ``origin``.
+
+    ``rules`` are ``cells_from_labels``' keyword arguments."""
+    instances, classes = cells_from_labels(data, **rules)
     n = classes.size - 1
     if n == 0:
         return CellTable.empty(polygons), 0

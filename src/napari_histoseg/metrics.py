@@ -36,7 +36,13 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from .classes import NON_TUMOR, NUM_CLASSES, TUMOR
-from .postprocess import DEFAULT_MIN_AREA, DEFAULT_SPLIT_DEPTH, DEFAULT_SPLIT_RATIO, cells_from_labels
+from .postprocess import (
+    DEFAULT_EDGE_MIN_AREA,
+    DEFAULT_MIN_AREA,
+    DEFAULT_SPLIT_DEPTH,
+    DEFAULT_SPLIT_RATIO,
+    cells_from_labels,
+)
 
 _TYPES = (TUMOR, NON_TUMOR)
 
@@ -192,7 +198,7 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 class SegmentationMetrics:
     """Accumulates pixel and object metrics over images; ``compute()`` gives the pooled scores.
 
-    ``min_area``, ``split_depth`` and ``split_ratio`` are the cell rules of
+    ``min_area``, ``edge_min_area``, ``split_depth`` and ``split_ratio`` are the cell rules of
     :func:`~napari_histoseg.postprocess.cells_from_labels` (for the predicted cells, and for true cells taken
     from a class map); the defaults are what inference uses.
     """
@@ -202,6 +208,7 @@ class SegmentationMetrics:
         num_classes: int = NUM_CLASSES,
         match_radius: float = 12.0,
         min_area: int = DEFAULT_MIN_AREA,
+        edge_min_area: int | None = DEFAULT_EDGE_MIN_AREA,
         split_depth: float = DEFAULT_SPLIT_DEPTH,
         split_ratio: float = DEFAULT_SPLIT_RATIO,
     ):
@@ -209,7 +216,12 @@ class SegmentationMetrics:
             raise ValueError(f"match_radius must be positive, got {match_radius}")
         self.num_classes = num_classes
         self.match_radius = float(match_radius)
-        self._cell_rules = {"min_area": min_area, "split_depth": split_depth, "split_ratio": split_ratio}
+        self._cell_rules = {
+            "min_area": min_area,
+            "edge_min_area": edge_min_area,
+            "split_depth": split_depth,
+            "split_ratio": split_ratio,
+        }
         self.reset()
 
     def reset(self) -> None:

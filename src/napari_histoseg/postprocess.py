@@ -12,12 +12,18 @@ from .classes import BOUNDARY, NON_TUMOR, TUMOR
 _CONNECTIVITY_1 = ndi.generate_binary_structure(2, 1)
 _CONNECTIVITY_2 = ndi.generate_binary_structure(2, 2)
 
-#: Smallest cell kept, in pixels of cell interior (before the boundary ring is added); 12 px at the model's
-#: 0.25 um/px is 0.75 um^2: smaller specks are noise. Tuned on CoNSeP val with scripts/tune_postprocess.py
-#: (session-1 model, with its logit bias): detection F1 0.643 at 4 px, 0.646 at 8, 0.652 at 12 and 16, 0.647 at
-#: 24. 12 rather than 16 because the ceiling (the ground-truth class map scored against the instance maps) falls
-#: from 0.968 at 4 px to 0.952 at 12 and 0.943 at 16: small nuclei cut by patch edges are real.
-DEFAULT_MIN_AREA = 12
+#: Smallest cell kept, in pixels of cell interior (before the boundary ring is added); 20 px at the model's
+#: 0.25 um/px is 1.25 um^2, far below a real nucleus (20-50 um^2): smaller specks are noise. Tuned on CoNSeP val
+#: with scripts/tune_postprocess.py. For the bundled model (opening radius 2): detection F1 0.703 at 12 px, 0.709
+#: at 16, 0.710 at 20, 0.707 at 24 (precision 0.790 -> 0.822 -> 0.831 from 12 to 24 px, recall 0.633 -> 0.625
+#: -> 0.616) and tumor type F1 0.592 at 12, 0.604 at 20. (The session-1 model scored 0.652 at both 12 and 16 px,
+#: 0.647 at 24.) The ceiling (the ground-truth class map scored against the instance maps) falls from 0.968 at
+#: 4 px to 0.952 at 12: small nuclei cut by patch edges are real, but the network's specks of that size are not.
+DEFAULT_MIN_AREA = 20
+#: Smallest cell kept where it touches the image edge (only part of the nucleus is in the image). On CoNSeP val
+#: (patches of 256 px, many nuclei cut) the ceiling is 0.944 with 4 px (0.928 with 20 px everywhere, 0.952 with
+#: 12) and the bundled model's detection F1 0.713 (0.710 with 20 px everywhere), tumor type F1 0.605.
+DEFAULT_EDGE_MIN_AREA = 4
 #: Seed rule of :func:`split_touching` (see there); on the bundled model's CoNSeP val predictions, ratio 0.3-0.7 and
 #: depth 1-2 px all scored at or below these (``scripts/tune_postprocess.py``).
 DEFAULT_SPLIT_DEPTH = 1.5
@@ -82,6 +88,7 @@ def cells_from_labels(
     labels: np.ndarray,
     *,
     min_area: int = DEFAULT_MIN_AREA,
+    edge_min_area: int | None = DEFAULT_EDGE_MIN_AREA,
     expand: float = 3.0,
     split: bool = True,
     split_depth: float = DEFAULT_SPLIT_DEPTH,
@@ -93,7 +100,10 @@ def cells_from_labels(
     cells. With ``split``, a region that is several cells joined through a gap in their boundary rings is split
     by a watershed seeded from the cell interiors (see :func:`split_touching`; the parameters are its ``depth`` and
     ``ratio``). Regions smaller than
-    ``min_area`` pixels (counted before the step below) are dropped. Each cell's class is the majority of its
+    ``min_area`` pixels (counted before the step below) are dropped; a region touching the edge of ``labels`` is
+    a nucleus cut by the image edge, so it is kept down to ``edge_min_area`` pixels (``None``: ``min_area``). (In
+    blockwise extraction a block's window edge lies a halo away from every cell the block owns, unless it is
+    the map's edge, so only the map's edge counts there.) Each cell's class is the majority of its
     tumor / non-tumor pixels (a tie goes to tumor).
 
     Then each cell takes the boundary-class pixels within ``expand`` pixels (Euclidean) of it, the nearest
@@ -119,6 +129,9 @@ def cells_from_labels(
     area = np.bincount(flat, minlength=count + 1)
     tumor = np.bincount(flat, weights=tumor_px.ravel(), minlength=count + 1)
     keep = area >= min_area
+    if edge_min_area is not None and edge_min_area < min_area:
+        cut = np.unique(np.concatenate((instances[0], instances[-1], instances[:, 0], instances[:, -1])))
+        keep[cut] = area[cut] >= edge_min_area
     keep[0] = False
     # Renumber the kept cells 1..N (0 stays background).
     n_kept = int(keep.sum())
