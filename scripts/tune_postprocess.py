@@ -4,7 +4,8 @@ the cheap steps are varied on its cached class scores.
 Varied: the logit bias, ``tau`` times the card's ``logit_bias`` (``-log(class weight)``, see
 ``ModelCard.logit_bias``; ``tau = 1`` is what inference uses, ``0`` none; a checkpoint written before the card
 had the field takes it from ``--class-weights``), offsets added to the background, tumor and boundary logits on
-top of it, the opening radius, the smallest cell area kept and the seed rule that splits touching cells
+top of it, the opening radius, the smallest cell area kept (inside the image and, for nuclei cut by its edge,
+at the edge) and the seed rule that splits touching cells
 (``postprocess.split_touching``'s depth and ratio). Prints one line per setting, then the best by detection F1.
 
 Usage: python scripts/tune_postprocess.py CHECKPOINT DATA_DIR [--class-weights RUN/class_weights.json]
@@ -24,7 +25,12 @@ from napari_histoseg.cleanup import open_labels
 from napari_histoseg.engine.stain_transform import normalizer_for
 from napari_histoseg.metrics import SegmentationMetrics
 from napari_histoseg.model.checkpoint import load_checkpoint
-from napari_histoseg.postprocess import DEFAULT_SPLIT_DEPTH, DEFAULT_SPLIT_RATIO
+from napari_histoseg.postprocess import (
+    DEFAULT_EDGE_MIN_AREA,
+    DEFAULT_MIN_AREA,
+    DEFAULT_SPLIT_DEPTH,
+    DEFAULT_SPLIT_RATIO,
+)
 from napari_histoseg.training.data import find_pairs, load_pairs, pooled_stain_stats
 from napari_histoseg.training.dataset import EvalDataset
 
@@ -65,7 +71,8 @@ def main() -> None:
     p.add_argument("--class-weights", help="class_weights.json of the training run (for the prior correction)")
     p.add_argument("--taus", default="0,0.25,0.5,0.75,1")
     p.add_argument("--radii", default="0,1,2,3")
-    p.add_argument("--min-areas", default="4,8,12,16,24")
+    p.add_argument("--min-areas", default=f"12,16,{DEFAULT_MIN_AREA},24,30")
+    p.add_argument("--edge-min-areas", default=f"{DEFAULT_EDGE_MIN_AREA},8,12", help="for cells touching the edge")
     p.add_argument("--background-offsets", default="0", help="added to the background logit, e.g. 0,-0.4")
     p.add_argument("--tumor-offsets", default="0", help="added to the tumor logit")
     p.add_argument("--boundary-offsets", default="0", help="added to the boundary logit")
@@ -84,21 +91,28 @@ def main() -> None:
         _values(args.boundary_offsets), _values(args.radii, int),
     )  # fmt: skip
     rules = list(
-        itertools.product(_values(args.min_areas, int), _values(args.split_depths), _values(args.split_ratios))
+        itertools.product(
+            _values(args.min_areas, int),
+            _values(args.edge_min_areas, int),
+            _values(args.split_depths),
+            _values(args.split_ratios),
+        )
     )
     for tau, bg, tumor, boundary, radius in logit_grid:
         offset = np.zeros_like(bias)
         offset[[0, 1, 3]] = bg, tumor, boundary
         shift = (tau * bias + offset)[:, None, None]
         preds = [open_labels((lg + shift).argmax(0).astype(np.uint8), radius) for lg, _, _ in cache]
-        for min_area, depth, ratio in rules:
-            m = SegmentationMetrics(min_area=min_area, split_depth=depth, split_ratio=ratio)
+        for min_area, edge_min_area, depth, ratio in rules:
+            m = SegmentationMetrics(
+                min_area=min_area, edge_min_area=edge_min_area, split_depth=depth, split_ratio=ratio
+            )
             for pred, (_, gt, inst) in zip(preds, cache, strict=True):
                 m.update(pred, gt, inst)
             s = m.compute()
             setting = (
                 f"tau {tau:.2f} offsets bg {bg:+.2f} tumor {tumor:+.2f} boundary {boundary:+.2f} radius {radius} "
-                f"min_area {min_area:3d} split depth {depth:.1f} ratio {ratio:.2f}"
+                f"min_area {min_area:3d} at the edge {edge_min_area:3d} split depth {depth:.1f} ratio {ratio:.2f}"
             )
             rows.append((setting, s))
             print(
