@@ -17,8 +17,8 @@ _CONNECTIVITY_2 = ndi.generate_binary_structure(2, 2)
 #: with scripts/tune_postprocess.py. For the bundled model (opening radius 2): detection F1 0.703 at 12 px, 0.709
 #: at 16, 0.710 at 20, 0.707 at 24 (precision 0.790 -> 0.822 -> 0.831 from 12 to 24 px, recall 0.633 -> 0.625
 #: -> 0.616) and tumor type F1 0.592 at 12, 0.604 at 20. (The session-1 model scored 0.652 at both 12 and 16 px,
-#: 0.647 at 24.) The ceiling (the ground-truth class map scored against the instance maps) falls from 0.968 at
-#: 4 px to 0.952 at 12: small nuclei cut by patch edges are real, but the network's specks of that size are not.
+#: 0.647 at 24.) The ceiling (the ground-truth class map scored against the instance maps) falls from 0.952 at
+#: 12 px to 0.928 at 20: true nuclei that small exist, most of them cut by the patch edge, hence the next rule.
 DEFAULT_MIN_AREA = 20
 #: Smallest cell kept where it touches the image edge (only part of the nucleus is in the image). On CoNSeP val
 #: (patches of 256 px, many nuclei cut) the ceiling is 0.944 with 4 px (0.928 with 20 px everywhere, 0.952 with
@@ -99,12 +99,11 @@ def cells_from_labels(
     A cell is a 4-connected region of tumor or non-tumor pixels; the boundary class (and background) separates
     cells. With ``split``, a region that is several cells joined through a gap in their boundary rings is split
     by a watershed seeded from the cell interiors (see :func:`split_touching`; the parameters are its ``depth`` and
-    ``ratio``). Regions smaller than
-    ``min_area`` pixels (counted before the step below) are dropped; a region touching the edge of ``labels`` is
-    a nucleus cut by the image edge, so it is kept down to ``edge_min_area`` pixels (``None``: ``min_area``). (In
-    blockwise extraction a block's window edge lies a halo away from every cell the block owns, unless it is
-    the map's edge, so only the map's edge counts there.) Each cell's class is the majority of its
-    tumor / non-tumor pixels (a tie goes to tumor).
+    ``ratio``). Regions smaller than ``min_area`` pixels (counted before the step below) are dropped; a region
+    touching the edge of ``labels`` is a nucleus cut by the image edge, kept down to ``edge_min_area`` pixels
+    (``None``: ``min_area``). (In blockwise extraction a window's edge lies a halo away from every cell its block
+    owns unless it is the map's edge, so only the map's edge counts there.) Each cell's class is the majority of
+    its tumor / non-tumor pixels (a tie goes to tumor).
 
     Then each cell takes the boundary-class pixels within ``expand`` pixels (Euclidean) of it, the nearest
     cell winning, so a cell's area includes its boundary ring: the boundary class is drawn as the 2-px inner
