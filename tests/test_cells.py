@@ -16,7 +16,16 @@ from napari_histoseg.cells import (
     iter_cells,
 )
 from napari_histoseg.classes import BOUNDARY, NON_TUMOR, TUMOR
-from napari_histoseg.postprocess import cells_from_labels
+from napari_histoseg.cleanup import radius_at
+from napari_histoseg.postprocess import (
+    DEFAULT_EDGE_MIN_AREA,
+    DEFAULT_EXPAND,
+    DEFAULT_MIN_AREA,
+    DEFAULT_SPLIT_DEPTH,
+    RULES_MPP,
+    cell_rules,
+    cells_from_labels,
+)
 
 
 def _sorted(table):
@@ -80,6 +89,35 @@ def test_small_cells_cut_by_the_image_edge_are_kept():
     blockwise = collect_cells(labels, block=16, halo=8)
     np.testing.assert_array_equal(_sorted(blockwise.table), _sorted(table))
     assert blockwise.summary()["settings"]["edge_min_area"] == 4
+
+
+def test_cell_rules_follow_the_map_resolution():
+    given = {
+        "min_area": DEFAULT_MIN_AREA,
+        "edge_min_area": DEFAULT_EDGE_MIN_AREA,
+        "expand": DEFAULT_EXPAND,
+        "split_depth": DEFAULT_SPLIT_DEPTH,
+    }
+    assert cell_rules() == cell_rules(RULES_MPP) == given
+    # A 20x slide's labels (0.5 um/px): lengths halve, areas quarter.
+    half = cell_rules(2 * RULES_MPP)
+    assert half == {"min_area": 5, "edge_min_area": 1, "expand": 1.5, "split_depth": 0.75}
+    assert cell_rules(RULES_MPP / 2, min_area=10, edge_min_area=None)["min_area"] == 40
+    assert cell_rules(RULES_MPP / 2, edge_min_area=None)["edge_min_area"] is None
+    with pytest.raises(ValueError, match="positive"):
+        cell_rules(0.0)
+    assert [radius_at(2, f) for f in (0.5, 1, 2, 4)] == [4, 2, 1, 1] and radius_at(0, 2) == 0
+
+
+def test_small_cells_of_a_coarser_map_are_kept_when_its_resolution_is_given():
+    # Nuclei of a 20x slide's labels: 13-px interiors (52 px at 0.25 um/px) in 1-px rings.
+    labels, _ = draw_cells((60, 60), [(15, 15), (15, 40), (40, 25)], [TUMOR, NON_TUMOR, TUMOR], radius=3, ring=1)
+    interiors = cells_from_labels(labels, min_area=1, expand=0)[0]
+    assert np.bincount(interiors.ravel())[1:].tolist() == [13, 13, 13]
+    assert len(extract_cells(labels)) == 0  # taken as pixels at 0.25 um/px: specks
+    result = collect_cells(labels, mpp=2 * RULES_MPP)
+    assert result.cells == 3 and result.counts == {"tumor": 2, "non_tumor": 1}
+    assert result.settings["mpp"] == 0.5 and result.settings["min_area"] == 5
 
 
 @pytest.mark.parametrize("block", [32, 45, 64, 100])

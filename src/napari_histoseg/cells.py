@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours
 
 from .classes import NON_TUMOR, TUMOR
-from .postprocess import DEFAULT_EDGE_MIN_AREA, DEFAULT_MIN_AREA, cells_from_labels
+from .postprocess import DEFAULT_EDGE_MIN_AREA, DEFAULT_EXPAND, DEFAULT_MIN_AREA, cell_rules, cells_from_labels
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +151,11 @@ def iter_cells(
     halo: int = 64,
     min_area: int = DEFAULT_MIN_AREA,
     edge_min_area: int | None = DEFAULT_EDGE_MIN_AREA,
-    expand: float = 3.0,
+    expand: float = DEFAULT_EXPAND,
     split: bool = True,
     polygons: bool = False,
     tolerance: float = 0.5,
+    mpp: float | None = None,
 ) -> Generator[CellProgress | CellResult, None, CellResult]:
     """Find the cells of a class-label map block by block; yield a :class:`CellProgress` per block, then the result.
 
@@ -162,7 +163,9 @@ def iter_cells(
     window are counted in ``oversized`` (and warned about) because they may be counted twice or not at all.
     ``polygons`` adds each cell's outline (``skimage.measure.find_contours``, simplified within ``tolerance`` px).
     The per-block tables are only in the events: a consumer that writes them out keeps memory bounded.
-    ``min_area`` and ``edge_min_area`` (for cells cut by the map's edge) are the rules of ``cells_from_labels``.
+    ``min_area``, ``edge_min_area`` (for cells cut by the map's edge) and ``expand`` are the rules of
+    ``cells_from_labels``, given at ``postprocess.RULES_MPP``: with ``mpp`` (microns per pixel of the map) they are
+    converted to the map's pixels (``postprocess.cell_rules``); without it they are taken as pixels.
     """
     labels = label_array(source, level)
     if block < 16:
@@ -171,8 +174,9 @@ def iter_cells(
         raise CellExtractionError(f"halo must be at least 1 px, got {halo}")
     height, width = (int(v) for v in labels.shape)
     grid = [(by, bx) for by in range(math.ceil(height / block)) for bx in range(math.ceil(width / block))]
-    rules = {"min_area": min_area, "edge_min_area": edge_min_area, "expand": expand, "split": split}
-    settings = {"block": block, "halo": halo, **rules}
+    rules = cell_rules(mpp, min_area=min_area, edge_min_area=edge_min_area, expand=expand)
+    rules["split"] = split
+    settings = {"block": block, "halo": halo, "mpp": mpp, **rules}
 
     def window(index: tuple[int, int]) -> tuple[tuple[int, int, int, int], tuple[int, int], np.ndarray]:
         y0, x0 = index[0] * block, index[1] * block

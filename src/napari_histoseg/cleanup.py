@@ -6,6 +6,16 @@ import numpy as np
 from skimage.morphology import disk, opening
 
 
+def radius_at(radius: int, factor: float) -> int:
+    """An opening radius given at the model's resolution, in pixels of a grid ``factor`` times coarser.
+
+    (``factor`` 2: labels of a 20x slide segmented by a 40x model.) A positive radius stays at least 1 px.
+    """
+    if radius <= 0:
+        return 0
+    return max(1, int(radius / factor + 0.5))
+
+
 def open_labels(labels: np.ndarray, radius: int) -> np.ndarray:
     """Remove cell-class specks thinner than a disk of ``radius`` px.
 

@@ -151,7 +151,12 @@ def _add_predict(sub) -> None:
     p.add_argument("--tile", type=int, default=256, help="window size in px")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
     p.add_argument("--block", type=int, default=2048, help="block size in px (multiple of 256)")
-    p.add_argument("--opening-radius", type=int, default=2, help="radius of the morphological opening, 0 = none")
+    p.add_argument(
+        "--opening-radius",
+        type=int,
+        default=2,
+        help="radius (px at the model's resolution) of the morphological opening, 0 = none",
+    )
     p.add_argument("--level", type=int, help="pyramid level to segment (default: the one matching the model)")
     p.add_argument("--mpp", type=float, help="microns per pixel of level 0, when the file is wrong or silent")
     p.add_argument("--probabilities", action="store_true", help="also store class probabilities")

@@ -189,10 +189,14 @@ def cellularity_readout(
 
     ``source`` is a :class:`~napari_histoseg.cells.CellTable` already extracted, or anything
     :func:`~napari_histoseg.cells.iter_cells` reads (a label array, a LabelStore, napari multiscale data);
-    ``regions`` are polygons in that map's pixel frame ((K, 2) (y, x)); ``mpp`` microns per map pixel.
+    ``regions`` are polygons in that map's pixel frame ((K, 2) (y, x)); ``mpp`` microns per map pixel (areas in
+    square microns, and the cell rules converted to the map's pixels, see ``iter_cells``).
     Returns ``{"whole": dict, "regions": [dict, ...], "text": str, "table": CellTable}``.
     """
-    table = source if isinstance(source, CellTable) else collect_cells(source, level=level, **cell_kwargs).table
+    if isinstance(source, CellTable):
+        table = source
+    else:
+        table = collect_cells(source, level=level, mpp=mpp, **cell_kwargs).table
     whole = Cellularity.of(table, mpp)
     per_region = region_cellularity(table, regions, mpp)
     lines = [f"Whole result: {whole.text()}"]

@@ -24,10 +24,47 @@ DEFAULT_MIN_AREA = 20
 #: (patches of 256 px, many nuclei cut) the ceiling is 0.944 with 4 px (0.928 with 20 px everywhere, 0.952 with
 #: 12) and the bundled model's detection F1 0.713 (0.710 with 20 px everywhere), tumor type F1 0.605.
 DEFAULT_EDGE_MIN_AREA = 4
+#: Reach (px) of a cell into the boundary class around it (see :func:`cells_from_labels`).
+DEFAULT_EXPAND = 3.0
 #: Seed rule of :func:`split_touching` (see there); on the bundled model's CoNSeP val predictions, ratio 0.3-0.7 and
 #: depth 1-2 px all scored at or below these (``scripts/tune_postprocess.py``).
 DEFAULT_SPLIT_DEPTH = 1.5
 DEFAULT_SPLIT_RATIO = 0.5
+#: Microns per pixel at which the sizes above (and the opening radius, ``cleanup.radius_at``) are given: the
+#: bundled model's resolution, where they were tuned. A label map at another resolution (a 20x slide's labels come
+#: back at 0.5 um/px) gets them converted by :func:`cell_rules`. On CoNSeP val segmented as a 20x slide (patches
+#: area-downsampled 2x, upsampled for the model, probabilities averaged back), the bundled model's detection F1
+#: was 0.599 (recall 0.443) with these sizes taken as pixels of the 0.5 um/px map, and 0.682 (recall 0.575)
+#: converted (opening radius 1 px, smallest cell 5 px, 1 px at the edge, reach 1.5 px, split depth 0.75 px).
+RULES_MPP = 0.25
+
+
+def cell_rules(
+    mpp: float | None = None,
+    *,
+    min_area: int = DEFAULT_MIN_AREA,
+    edge_min_area: int | None = DEFAULT_EDGE_MIN_AREA,
+    expand: float = DEFAULT_EXPAND,
+    split_depth: float = DEFAULT_SPLIT_DEPTH,
+) -> dict:
+    """Keyword arguments of :func:`cells_from_labels` for a label map at ``mpp`` microns per pixel.
+
+    The sizes are given at :data:`RULES_MPP`; lengths are scaled by ``RULES_MPP / mpp`` and areas by its square
+    (at least 1 px). ``mpp=None`` (resolution unknown) takes them as pixels of the map.
+    """
+    if mpp is not None and not mpp > 0:
+        raise ValueError(f"microns per pixel must be positive, got {mpp}")
+    scale = 1.0 if mpp is None else RULES_MPP / mpp
+
+    def area(a: int | None) -> int | None:
+        return None if a is None else max(1, round(a * scale * scale))
+
+    return {
+        "min_area": area(min_area),
+        "edge_min_area": area(edge_min_area),
+        "expand": expand * scale,
+        "split_depth": split_depth * scale,
+    }
 
 
 def split_touching(
@@ -89,7 +126,7 @@ def cells_from_labels(
     *,
     min_area: int = DEFAULT_MIN_AREA,
     edge_min_area: int | None = DEFAULT_EDGE_MIN_AREA,
-    expand: float = 3.0,
+    expand: float = DEFAULT_EXPAND,
     split: bool = True,
     split_depth: float = DEFAULT_SPLIT_DEPTH,
     split_ratio: float = DEFAULT_SPLIT_RATIO,
@@ -109,6 +146,9 @@ def cells_from_labels(
     cell winning, so a cell's area includes its boundary ring: the boundary class is drawn as the 2-px inner
     edge of each nucleus, and without this step areas and centroids would describe only the nucleus interior.
     Boundary pixels farther than ``expand`` from any cell, and background, stay 0.
+
+    The sizes are pixels of ``labels``; :func:`cell_rules` converts the defaults for a map at another resolution
+    than :data:`RULES_MPP`.
 
     Returns ``(instances, classes)``: instances (H, W) int32 numbered 1..N, and classes (N + 1,) uint8 where
     ``classes[i]`` is the class of instance ``i`` (1 = tumor, 2 = non-tumor; ``classes[0]`` = 0).

@@ -166,14 +166,15 @@ class MeasureOutcome:
 def measure_job(source: Any, regions: list, mpp: float | None, cancel: threading.Event, grid_px: int = 256):
     """Generator for :class:`~.workers.JobRunner`: extract cells block by block, return a :class:`MeasureOutcome`.
 
-    ``source``: the label array (or multiscale list / store); ``regions``: polygons in its level-0 pixels.
+    ``source``: the label array (or multiscale list / store); ``regions``: polygons in its level-0 pixels;
+    ``mpp``: microns per level-0 label pixel (areas in square microns, and the cell rules in the map's pixels).
     """
     from napari_histoseg.cells import CellProgress, CellTable, iter_cells, label_array
     from napari_histoseg.measure import CellularityGrid, cellularity_readout
 
     grid = CellularityGrid(tuple(label_array(source, 0).shape), grid_px)
     tables = []
-    for event in iter_cells(source):
+    for event in iter_cells(source, mpp=mpp):
         if cancel.is_set():
             return None
         if isinstance(event, CellProgress):

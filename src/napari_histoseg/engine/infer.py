@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..cleanup import open_labels
+from ..cleanup import open_labels, radius_at
 from ..io.store import ArraySink, LabelStore
 from .allocator import tune_cpu_allocator
 from .predictor import BlockPredictor
@@ -34,7 +34,7 @@ class InferenceSettings:
     tile: int = 256
     overlap: float = 0.25
     block: int = 2048
-    opening_radius: int = 2
+    opening_radius: int = 2  # px at the model's resolution (cleanup.radius_at converts it to the output grid)
     skip_background: bool = True
     probabilities: bool = False
     stain_normalize: bool = True  # map the slide's colours onto the model's training data (stain.py)
@@ -144,7 +144,9 @@ class BlockGeometry:
             raise ValueError(f"block {settings.block} must be divisible by {int(round(1 / factor))}")
         self.cshape = compute_shape(shape, factor)
         self.cblock = int(settings.block * factor)
-        self.halo = settings.opening_radius * 2
+        # The opening radius is given at the model's resolution; the labels are opened on the output grid.
+        self.opening_radius = radius_at(settings.opening_radius, factor)
+        self.halo = self.opening_radius * 2
         self.n_blocks = block_grid(shape, settings.block)
 
     def work(self, index: tuple[int, int]) -> BlockWork:
@@ -233,7 +235,7 @@ def segment_block(
     ny0, nx0, ny1, nx1 = work.need
     scores = scores[:, ny0 - oy0 : ny1 - oy0, nx0 - ox0 : nx1 - ox0]
     labels = scores.argmax(dim=0).to(torch.uint8).cpu().numpy()
-    labels = open_labels(labels, settings.opening_radius)
+    labels = open_labels(labels, geometry.opening_radius)
     cy0, cx0, cy1, cx1 = work.core
     crop = (slice(cy0 - ny0, cy1 - ny0), slice(cx0 - nx0, cx1 - nx0))
     probs = None

@@ -316,6 +316,7 @@ def write_slide_outputs(
     labels = label_array(store, 0)
     grid = CellularityGrid(tuple(labels.shape), grid_px)
     cell_kwargs.setdefault("block", int(store.info.get("block", 2048)))
+    cell_kwargs.setdefault("mpp", frame.label_mpp)  # the cell rules in the map's pixels
     result = None
     with contextlib.ExitStack() as stack:
         csv_out = stack.enter_context(CellCsvWriter(paths["cells_csv"], frame))
