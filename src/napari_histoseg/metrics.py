@@ -246,16 +246,27 @@ class SegmentationMetrics:
         else:
             gt_inst, gt_cls = cells_from_labels(gt_labels, **self._cell_rules)
 
-        pred_c = instance_centroids(pred_inst, len(pred_cls) - 1)
-        gt_c = instance_centroids(gt_inst, len(gt_cls) - 1)
-        pairs, un_pred, un_gt = match_centroids(pred_c, gt_c, self.match_radius)
-        pred_types, gt_types = pred_cls[1:], gt_cls[1:]
+        self.add_cells(
+            instance_centroids(pred_inst, len(pred_cls) - 1),
+            pred_cls[1:],
+            instance_centroids(gt_inst, len(gt_cls) - 1),
+            gt_cls[1:],
+        )
+        self.images += 1
+
+    def add_cells(
+        self, pred_centroids: np.ndarray, pred_types: np.ndarray, gt_centroids: np.ndarray, gt_types: np.ndarray
+    ) -> None:
+        """Add the cells of one image for the object-level scores: centroids (N, 2) (row, col) in one frame, and
+        their classes (N,) (1 tumor, 2 non-tumor; 0 for a true cell of no class). ``update`` calls it; call it
+        directly for cells found on another grid (centroids mapped into the ground truth's frame first)."""
+        pred_types, gt_types = np.asarray(pred_types), np.asarray(gt_types)
+        pairs, un_pred, un_gt = match_centroids(pred_centroids, gt_centroids, self.match_radius)
         self.tp_d += len(pairs)
         self.fp_d += len(un_pred)
         self.fn_d += len(un_gt)
-        self.n_pred += len(pred_c)
-        self.n_true += len(gt_c)
-        self.images += 1
+        self.n_pred += len(pred_types)
+        self.n_true += len(gt_types)
         for t in _TYPES:
             self._type_counts[t] += type_counts(
                 pred_types[pairs[:, 0]], gt_types[pairs[:, 1]], pred_types[un_pred], gt_types[un_gt], t
