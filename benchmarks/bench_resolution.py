@@ -8,8 +8,8 @@ with ``mpp=0.5``), finds the cells on the 0.5 um/px labels and scores them again
 
 - ``native``: the patches themselves at 0.25 um/px (the reference: what ``histoseg evaluate`` measures);
 - ``20x, rules converted``: the opening radius and the cell rules converted to the map's 0.5 um/px (the product);
-- ``20x, rules as pixels``: the rules' sizes taken as pixels of the 0.5 um/px map (what the product did before:
-  opening radius 2 px, smallest cell 20 px, ...).
+- ``20x, rules as pixels``: the opening radius and the rules' sizes taken as pixels of the 0.5 um/px map (how the
+  product applied them before they followed the map's resolution: opening radius 2 px, smallest cell 20 px, ...).
 
 Prints detection F1 (precision / recall), tumor and non-tumor type F1 and the cell counts of each, and the ratio
 of each 20x run's detection F1 to the native one.

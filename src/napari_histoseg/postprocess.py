@@ -30,12 +30,13 @@ DEFAULT_EXPAND = 3.0
 #: depth 1-2 px all scored at or below these (``scripts/tune_postprocess.py``).
 DEFAULT_SPLIT_DEPTH = 1.5
 DEFAULT_SPLIT_RATIO = 0.5
-#: Microns per pixel at which the sizes above (and the opening radius, ``cleanup.radius_at``) are given: the
-#: bundled model's resolution, where they were tuned. A label map at another resolution (a 20x slide's labels come
-#: back at 0.5 um/px) gets them converted by :func:`cell_rules`. On CoNSeP val segmented as a 20x slide (patches
-#: area-downsampled 2x, upsampled for the model, probabilities averaged back), the bundled model's detection F1
-#: was 0.599 (recall 0.443) with these sizes taken as pixels of the 0.5 um/px map, and 0.682 (recall 0.575)
-#: converted (opening radius 1 px, smallest cell 5 px, 1 px at the edge, reach 1.5 px, split depth 0.75 px).
+#: Microns per pixel at which the sizes above are given: the bundled model's resolution, where they were tuned.
+#: A label map at another resolution (a 20x slide's labels come back at 0.5 um/px) gets them converted by
+#: :func:`cell_rules`; the engine converts its opening radius (given at the model's resolution) the same way
+#: (``cleanup.radius_at``). On CoNSeP val segmented as a 20x slide (``benchmarks/bench_resolution.py``), the
+#: bundled model's detection F1 is 0.589 (recall 0.431) with these sizes taken as pixels of the 0.5 um/px map and
+#: 0.683 (recall 0.568) converted (opening radius 1 px, smallest cell 5 px, 1 px at the edge, reach 1.5 px, split
+#: depth 0.75 px); 0.713 at the model's own resolution.
 RULES_MPP = 0.25
 
 
