@@ -1,6 +1,7 @@
 """Ship a trained checkpoint as the package's default model (half precision, with its model card).
 
     python scripts/bundle_model.py runs/default-consep/best.safetensors [--val ../shared/data/consep/val]
+    python scripts/bundle_model.py --refresh      # re-evaluate the shipped model (e.g. after the cell rules change)
 
 Evaluates the checkpoint on the validation folder pairs with the same code as ``histoseg evaluate``, records the
 metrics, the training command and settings, the data and its licence in the card, and writes
@@ -11,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from napari_histoseg.engine.device import cpu_has_fast_bf16
 from napari_histoseg.model.checkpoint import load_checkpoint, read_card, save_checkpoint
+from napari_histoseg.postprocess import DEFAULT_EDGE_MIN_AREA, DEFAULT_MIN_AREA, RULES_MPP
 from napari_histoseg.training.data import find_pairs, load_pairs, pooled_stain_stats
 from napari_histoseg.training.evaluate import format_metrics, run_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "src" / "napari_histoseg" / "weights" / "default"
+DEFAULT_VAL = ROOT.parent / "shared" / "data" / "consep" / "val"
 DATA_NOTE = (
     "Trained on CoNSeP (Graham et al., 'HoVer-Net', Medical Image Analysis 2019): 256 px patches at 40x "
     "(0.25 um/px), train = 22 source tiles (352 patches), validation = 5 other tiles (80 patches). 'tumor cell' is "
@@ -51,10 +55,43 @@ def _init_chain(config: dict) -> list[dict]:
     return chain
 
 
+def _metrics(val: Path, path: Path) -> dict:
+    """The card's validation metrics of the weights at ``path``, as ``histoseg evaluate`` computes them."""
+    result = run_evaluation(val, path, device="cpu")
+    print(format_metrics(result.metrics))
+    plain = run_evaluation(val, path, device="cpu", stain_normalize=False)
+    print("without stain normalisation:\n" + format_metrics(plain.metrics))
+    flips = run_evaluation(val, path, device="cpu", test_time_flips=True)
+    print("with test-time flips:\n" + format_metrics(flips.metrics))
+    return {
+        "consep_val": result.to_dict()["metrics"],
+        "consep_val_no_stain_norm": plain.to_dict()["metrics"],
+        "consep_val_test_time_flips": flips.to_dict()["metrics"],
+        "stain_normalization": "consep_val: colours of the val folder (pooled) mapped onto the training data's",
+        "evaluated_with": "histoseg evaluate (match radius 12 px)",
+        "cell_rules": {"min_area": DEFAULT_MIN_AREA, "edge_min_area": DEFAULT_EDGE_MIN_AREA, "mpp": RULES_MPP},
+        "precision": "bf16 autocast (CPU with bf16 units)" if cpu_has_fast_bf16() else "float32",
+    }
+
+
+def refresh() -> None:
+    """Re-evaluate the shipped model and rewrite its card's metrics; the weights (and their sha256) stay."""
+    path = TARGET.with_suffix(".safetensors")
+    model, card = load_checkpoint(path)
+    card.metrics = _metrics(Path(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_VAL, path)
+    save_checkpoint(TARGET, model, card, half=True)
+    if read_card(path).sha256 != card.sha256:
+        raise SystemExit("re-saving changed the weights' bytes")
+    print(f"updated the metrics in {path.with_suffix('.json')}")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--refresh"]:
+        refresh()
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--val", type=Path, default=ROOT.parent / "shared" / "data" / "consep" / "val")
+    parser.add_argument("--val", type=Path, default=DEFAULT_VAL)
     parser.add_argument(
         "--train",
         type=Path,
@@ -74,12 +111,7 @@ def main() -> None:
     init_settings = _init_chain(config)
     TARGET.parent.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(TARGET, model, card, half=True)  # evaluated as shipped (half precision, stain target)
-    result = run_evaluation(args.val, path, device="cpu")
-    print(format_metrics(result.metrics))
-    plain = run_evaluation(args.val, path, device="cpu", stain_normalize=False)
-    print("without stain normalisation:\n" + format_metrics(plain.metrics))
-    flips = run_evaluation(args.val, path, device="cpu", test_time_flips=True)
-    print("with test-time flips:\n" + format_metrics(flips.metrics))
+    card.metrics = _metrics(args.val, path)
 
     card.name = "histoseg-default-consep"
     card.description = "ResUNet++ for tumor / non-tumor / boundary segmentation of H&E nuclei at 0.25 um/px."
@@ -94,14 +126,6 @@ def main() -> None:
         "bundled_from": str(
             args.checkpoint.relative_to(ROOT) if args.checkpoint.is_relative_to(ROOT) else args.checkpoint
         ),
-    }
-    card.metrics = {
-        "consep_val": result.to_dict()["metrics"],
-        "consep_val_no_stain_norm": plain.to_dict()["metrics"],
-        "consep_val_test_time_flips": flips.to_dict()["metrics"],
-        "stain_normalization": "consep_val: colours of the val folder (pooled) mapped onto the training data's",
-        "evaluated_with": "histoseg evaluate (match radius 12 px)",
-        "precision": "bf16 autocast (CPU with bf16 units)" if cpu_has_fast_bf16() else "float32",
     }
     path = save_checkpoint(TARGET, model, card, half=True)
     load_checkpoint(path)  # the shipped file must load, sha256 included
