@@ -16,6 +16,10 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".btf", ".ndpi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
+class CliError(ValueError):
+    """An impossible request, reported as one ``error:`` line with exit status 2."""
+
+
 class _Progress:
     """One-line progress on stderr (silent when not a terminal, except at the end)."""
 
@@ -65,27 +69,89 @@ def _settings(args: argparse.Namespace):
     )
 
 
+def _folder_images(folder: Path) -> list[Path]:
+    """The images of a folder, without hidden files and the masks histoseg itself wrote there."""
+    from .io.outputs import read_manifest
+
+    own = read_manifest(folder)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.name not in own
+    )
+
+
+def prediction_names(images: list[Path]) -> dict[Path, str]:
+    """``<stem>_pred.png`` for each image; images sharing a stem (x.png, x.tif) get ``<stem>_<ext>_pred.png``."""
+    from collections import Counter
+
+    stems = Counter(p.stem.casefold() for p in images)
+    names = {
+        p: f"{p.stem}_pred.png" if stems[p.stem.casefold()] == 1 else f"{p.stem}_{p.suffix[1:].lower()}_pred.png"
+        for p in images
+    }
+    clashes = [n for n, k in Counter(n.casefold() for n in names.values()).items() if k > 1]
+    if clashes:
+        same = [p.name for p, n in names.items() if n.casefold() == clashes[0]]
+        raise CliError(f"{same[0]}: {', '.join(same)} would all be written to {clashes[0]}; rename one")
+    return names
+
+
+def _write_png(path: Path, rgb) -> None:
+    import imageio.v3 as iio
+
+    from .fileio import atomic_write
+
+    atomic_write(path, iio.imwrite("<bytes>", rgb, extension=".png"))
+
+
 def _predict_folder(args, model, card, settings) -> dict:
     from .classes import labels_to_rgb
     from .engine.infer import run
     from .engine.jobs import segment_image
+    from .io.outputs import check_not_input, check_replaceable, read_manifest, write_manifest
     from .training.data import read_image
 
-    images = sorted(p for p in Path(args.input).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    folder, out = Path(args.input), Path(args.out)
+    images = _folder_images(folder)
     if not images:
-        raise SystemExit(f"error: {args.input}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    out = Path(args.out)
+        raise CliError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    check_not_input(out, images)
+    names = prediction_names(images)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out}: exists and is a file; --out must be a folder for a folder of images")
     out.mkdir(parents=True, exist_ok=True)
-    from skimage.io import imsave
+    own = read_manifest(out)
+    check_replaceable([out / n for n in names.values()], own)  # before any work
 
     totals = [0, 0, 0, 0]
-    per_image = {}
+    per_image, failed = {}, {}
     for path in images:
-        result = run(segment_image(read_image(path), model, card, settings, name=path.name))
-        imsave(out / f"{path.stem}_pred.png", labels_to_rgb(result.labels), check_contrast=False)
+        try:
+            image = read_image(path)
+            result = run(segment_image(image, model, card, settings, mpp=args.mpp, name=path.name))
+            own.add(names[path])
+            write_manifest(out, own)  # first: a mask histoseg wrote is known as its own, even if cut short
+            _write_png(out / names[path], labels_to_rgb(result.labels))
+        except (ValueError, OSError, MemoryError) as err:  # one bad file: report it, go on with the others
+            failed[path.name] = _describe(err)
+            print(f"error: {path}: {failed[path.name]}", file=sys.stderr)
+            continue
         per_image[path.name] = result.class_counts
         totals = [a + b for a, b in zip(totals, result.class_counts, strict=True)]
-    return {"images": len(images), "pixels_per_class_total": totals, "per_image": per_image, "out": str(out)}
+    summary = {"images": len(images), "pixels_per_class_total": totals, "per_image": per_image, "out": str(out)}
+    summary["outputs"] = {p.name: names[p] for p in images if p.name in per_image}
+    summary["failed"] = failed
+    return summary
+
+
+def _describe(err: BaseException) -> str:
+    """One line for an error: an OS error as ``path: reason``."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    if isinstance(err, MemoryError):
+        return f"out of memory ({err}); use a smaller --tile, --block or --batch-size"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def _predict_slide(args, model, card, settings) -> dict:
@@ -111,33 +177,52 @@ def _predict_slide(args, model, card, settings) -> dict:
     summary = result.summary()
     summary["out"] = str(args.out)
     if not args.no_cells:
-        from .io.export import write_slide_outputs
+        from .io.export import exports_whole, write_slide_outputs
 
-        outputs = write_slide_outputs(result.store, model_card=card)
+        outputs = exports_whole(result.store)  # a rerun of a finished run keeps its whole exports
+        if outputs is None:
+            outputs = write_slide_outputs(result.store, model_card=card)
         summary["cellularity"] = outputs["cellularity"]
         summary["files"] = outputs["files"]
     return summary
 
 
+def _check_predict_args(args: argparse.Namespace) -> None:
+    """Settings no run can use, refused before any work."""
+    import math
+
+    if args.mpp is not None and not (math.isfinite(args.mpp) and args.mpp > 0):
+        raise CliError(f"--mpp {args.mpp}: microns per pixel must be a positive number (e.g. 0.25 or 0.5)")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.level is not None and args.level < 0:
+        raise CliError(f"--level {args.level}: levels are numbered from 0")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.jobs import load_model
 
-    model, card = load_model(args.model)
+    _check_predict_args(args)
     settings = _settings(args)
-    start = time.perf_counter()
     source = Path(args.input)
+    if not source.exists():
+        raise CliError(f"{source}: no such file or folder")
+    model, card = load_model(args.model)
+    start = time.perf_counter()
     if source.is_dir():
         summary = _predict_folder(args, model, card, settings)
-    elif source.is_file():
-        summary = _predict_slide(args, model, card, settings)
     else:
-        raise SystemExit(f"error: {source}: no such file or folder")
+        summary = _predict_slide(args, model, card, settings)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["model"] = {"name": card.name, "sha256": card.sha256}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"wrote {summary['out']} in {summary['seconds']:.1f} s")
+    failed = summary.get("failed") or {}
+    if failed:
+        print(f"error: {len(failed)} of {summary['images']} images failed: {', '.join(failed)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -182,8 +267,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     model = default_model_path()
     if model is None:
-        raise SystemExit("error: the bundled default model is not installed; reinstall napari-histoseg")
+        raise CliError("the bundled default model is not installed; reinstall napari-histoseg")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out}: exists and is not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     predict = build_parser().parse_args(
         ["predict", str(sample_path()), "--out", str(out / "cmu-1-small-region.zarr"), "--json", "--overwrite"]
@@ -366,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ValueError as err:  # our errors name the file and the problem
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError) as err:  # a file in the way, a full disk, a setting too large for memory
+        print(f"error: {_describe(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished blocks are kept; run the same command again to resume", file=sys.stderr)

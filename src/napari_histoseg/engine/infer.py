@@ -23,6 +23,9 @@ from .predictor import BlockPredictor
 from .resolution import ResolutionPlan, compute_shape, read_padded, to_compute, to_output
 from .tiling import Block, WindowGrid, block_grid, make_block
 
+#: Largest window and block sizes accepted: beyond them one window or block no longer fits in memory.
+MAX_TILE, MAX_BLOCK = 4096, 16384
+
 TissueTest = Callable[[int, int, int, int], bool]  # (y0, x0, y1, x1) in output pixels -> any tissue?
 Normalize = Callable[[torch.Tensor], torch.Tensor]  # (3, h, w) RGB in [0, 1] -> the same, colours mapped
 
@@ -48,6 +51,12 @@ class InferenceSettings:
     def __post_init__(self) -> None:
         if self.block < 256 or self.block % 256:
             raise ValueError(f"block must be a positive multiple of 256 px, got {self.block}")
+        if self.block > MAX_BLOCK:
+            raise ValueError(f"block {self.block} px is too large: at most {MAX_BLOCK} px (memory grows as its square)")
+        if self.tile > MAX_TILE:
+            raise ValueError(f"tile {self.tile} px is too large: at most {MAX_TILE} px (the model sees 256 px well)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
         if self.opening_radius < 0:
             raise ValueError(f"opening radius must be >= 0, got {self.opening_radius}")
         WindowGrid.from_overlap(self.tile, self.overlap)  # validates tile and overlap

@@ -170,8 +170,10 @@ def prepare_slide_job(
     overwrite: bool = False,
 ) -> SlideJob:
     """Choose the level, measure the tissue (mask and stain colours) and create (or reopen) the output store."""
+    from ..io.outputs import check_not_input
     from ..io.tissue import image_stain_stats, mask_from_rgb, slide_thumbnail
 
+    check_not_input(out, [slide.path])  # before anything is read or written
     plan = plan_resolution(slide.mpp, card.mpp, level=level, input_mpp=input_mpp)
     if plan.warning:
         warnings.warn(f"{slide.path.name}: {plan.warning}", stacklevel=3)

@@ -36,6 +36,8 @@ def plan_resolution(
     Without any resolution (file or model), the chosen level is used as it is, with a warning.
     """
     n = len(level_mpps)
+    if input_mpp is not None and not (math.isfinite(input_mpp) and input_mpp > 0):
+        raise ValueError(f"the input resolution must be a positive number of microns per pixel, got {input_mpp}")
     if level is not None and not 0 <= level < n:
         raise ValueError(f"level {level} does not exist: the image has levels 0..{n - 1}")
     mpps = list(level_mpps)

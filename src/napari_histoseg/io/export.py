@@ -8,12 +8,15 @@ its pixel (r, c) covering slide pixels [r*d, (r+1)*d) x [c*d, (c+1)*d).
 - GeoJSON uses QuPath's convention (pixel i spans [i, i+1)), so outlines are shifted by half a pixel.
 
 Every writer streams: cells are written table by table, labels tile by tile; nothing slide-sized is held.
+Cell files are written under a temporary name and renamed when whole, and the summary, written last, records
+each file's size: an interrupted export never leaves a file that looks complete (:func:`exports_whole`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -29,8 +32,9 @@ import numpy as np
 
 from ..cells import CellProgress, CellResult, CellTable, iter_cells, label_array
 from ..classes import CLASS_COLORS, CLASS_NAMES, NON_TUMOR, TUMOR
-from ..fileio import json_safe
+from ..fileio import atomic_write, json_safe
 from ..measure import Cellularity, CellularityGrid
+from .outputs import check_not_input
 from .store import ome_label_metadata
 
 log = logging.getLogger(__name__)
@@ -83,12 +87,32 @@ class Frame:
 # -- cells ------------------------------------------------------------------------------------------------------
 
 
+class _PartFile:
+    """A text file written as ``.<name>.part`` beside ``path`` and renamed to ``path`` only when closed whole."""
+
+    def __init__(self, path: Path, newline: str | None = None):
+        self.path = path
+        self.part = path.with_name(f".{path.name}.part")
+        self.file = open(self.part, "w", newline=newline)  # noqa: SIM115 - closed in close() / abort()
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.part, self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.part.unlink(missing_ok=True)
+
+
 class CellCsvWriter:
     """Writes cell tables to a CSV file, one table at a time (columns :data:`CSV_COLUMNS`)."""
 
     def __init__(self, path: str | os.PathLike, frame: Frame = Frame()):
         self.path, self.frame = Path(path), frame
-        self._file = open(self.path, "w", newline="")  # noqa: SIM115 - closed in close()
+        self._part = _PartFile(self.path, newline="")
+        self._file = self._part.file
         self._csv = csv.writer(self._file)
         self._csv.writerow(CSV_COLUMNS)
 
@@ -118,13 +142,14 @@ class CellCsvWriter:
         self._csv.writerows(rows)
 
     def close(self) -> None:
-        self._file.close()
+        """Finish the file: only now does it appear under its name."""
+        self._part.commit()
 
     def __enter__(self) -> CellCsvWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self._part.abort() if exc_type is not None else self.close()
 
 
 def _number_list(values: np.ndarray) -> list:
@@ -141,7 +166,8 @@ class GeoJsonWriter:
 
     def __init__(self, path: str | os.PathLike, frame: Frame = Frame()):
         self.path, self.frame = Path(path), frame
-        self._file = open(self.path, "w")  # noqa: SIM115 - closed in close()
+        self._part = _PartFile(self.path)
+        self._file = self._part.file
         self._file.write('{"type": "FeatureCollection", "features": [\n')
         self._first = True
 
@@ -174,14 +200,15 @@ class GeoJsonWriter:
             self._first = False
 
     def close(self) -> None:
+        """Finish the FeatureCollection: only now does the file appear under its name."""
         self._file.write("\n]}\n")
-        self._file.close()
+        self._part.commit()
 
     def __enter__(self) -> GeoJsonWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self._part.abort() if exc_type is not None else self.close()
 
 
 def write_cells_csv(path: str | os.PathLike, tables: CellTable | Iterable[CellTable], frame: Frame = Frame()) -> Path:
@@ -255,10 +282,40 @@ def build_summary(
 
 
 def write_summary_json(path: str | os.PathLike, summary: dict) -> Path:
-    """Write a summary dict as JSON (NaN written as null)."""
+    """Write a summary dict as JSON (NaN written as null), atomically."""
     path = Path(path)
-    path.write_text(json.dumps(json_safe(summary), indent=2))
+    atomic_write(path, json.dumps(json_safe(summary), indent=2).encode())
     return path
+
+
+def store_digest(store: Any) -> str:
+    """A short fingerprint of a store's labels (shape, settings, each finished block's class counts): exports
+    record the labels they were made from."""
+    blocks = sorted([*index, *counts] for index, counts in store.done_blocks().items())
+    record = {"shape": store.info.get("shape"), "settings": store.info.get("settings"), "blocks": blocks}
+    return hashlib.sha256(json.dumps(json_safe(record), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def exports_whole(store: Any, out: str | os.PathLike | None = None, *, geojson: bool = True) -> dict | None:
+    """The summary of the exports of ``store`` when they are all there and whole, else ``None``.
+
+    Whole: the summary (written last) parses, belongs to this run of the store, asks for the same files, and
+    every file it lists has the size it recorded.
+    """
+    paths = output_paths(store.path, out)
+    if not geojson:
+        del paths["cells_geojson"]
+    try:
+        summary = json.loads(paths["summary_json"].read_text())
+        sizes = summary["file_sizes"]
+        if summary.get("store_digest") != store_digest(store) or set(sizes) != set(paths) - {"summary_json"}:
+            return None
+        for name, size in sizes.items():
+            if paths[name].stat().st_size != size:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return summary
 
 
 # -- the slide outputs ------------------------------------------------------------------------------------------
@@ -310,9 +367,14 @@ def write_slide_outputs(
     paths = output_paths(store.path, out)
     if not geojson:
         del paths["cells_geojson"]
+    source = store.info.get("source")
     for path in paths.values():
         if not path.parent.is_dir():
             raise ExportError(f"{path}: the folder {path.parent} does not exist")
+        if source:
+            check_not_input(path, [source])
+    # The summary says the other files are whole: it goes first and comes back last.
+    paths["summary_json"].unlink(missing_ok=True)
     labels = label_array(store, 0)
     grid = CellularityGrid(tuple(labels.shape), grid_px)
     cell_kwargs.setdefault("block", int(store.info.get("block", 2048)))
@@ -347,8 +409,10 @@ def write_slide_outputs(
         settings={**(store.info.get("settings") or {}), **(settings or {}), "cells": result.settings},
         grid=grid,
         files=files,
-        source=store.info.get("source"),
+        source=source,
     )
+    summary["store_digest"] = store_digest(store)
+    summary["file_sizes"] = {k: v.stat().st_size for k, v in paths.items() if k != "summary_json"}
     write_summary_json(paths["summary_json"], summary)
     return {"files": files, "cellularity": cellularity.to_dict(), "cells": result.cells, "summary": summary}
 

@@ -3,23 +3,29 @@
 The zarr store is written block by block. Each block writes whole chunks of every pyramid level (block sizes are
 multiples of the chunk sizes), so blocks written by different threads, processes or machines never share a chunk.
 A finished block leaves a small marker file with its class counts: a rerun resumes by skipping marked blocks, and a
-cancelled run leaves a valid store whose unfinished blocks read as background.
+cancelled run leaves a valid store whose unfinished blocks read as background. Every chunk is written, empty ones
+too, so a finished block whose chunk files are gone is found (:meth:`LabelStore.missing_blocks`): opening such a
+store fails, and resuming it redoes those blocks.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..classes import CLASS_COLORS, CLASS_NAMES
+from .outputs import DONE_DIR, remove_store
 
-DONE_DIR = ".histoseg_done"
+log = logging.getLogger(__name__)
+
 MAX_CHUNK = 512
+#: Runtime configuration of every array of a store: empty chunks are written, so none is missing by design.
+_ARRAY_CONFIG = {"write_empty_chunks": True}
 
 
 class StoreError(ValueError):
@@ -108,8 +114,9 @@ class LabelStore:
         self.group = group
         attrs = group.attrs.asdict()
         self.info: dict = attrs["histoseg"]
-        self.levels = [group[str(k)] for k in range(self.info["n_levels"])]
-        self.probabilities = group.get("probabilities", None)
+        self.levels = [group[str(k)].with_config(_ARRAY_CONFIG) for k in range(self.info["n_levels"])]
+        probabilities = group.get("probabilities", None)
+        self.probabilities = None if probabilities is None else probabilities.with_config(_ARRAY_CONFIG)
 
     # -- creation / opening -------------------------------------------------------------------------------
     @classmethod
@@ -132,7 +139,7 @@ class LabelStore:
         path = Path(path)
         if path.exists() and not overwrite:
             try:
-                store = cls.open(path, mode="r+")
+                store = cls.open(path, mode="r+", verify=False)
             except StoreError as err:
                 raise StoreError(
                     f"{path} exists and is not a histoseg output store; choose another --out or remove it"
@@ -142,13 +149,15 @@ class LabelStore:
                     f"{path} holds a run with other settings or another image; "
                     "use another output path or overwrite it (resume needs identical settings)"
                 )
+            store.repair()
             return store
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        remove_store(path)  # only a histoseg store; anything else is refused, naming the path
+        _check_parent(path)
 
         n_levels = pyramid_depth(shape, block)
         chunks = level_chunks(block, n_levels)
         group = zarr.open_group(str(path), mode="w")
+        (path / DONE_DIR).mkdir(exist_ok=True)  # the store's mark, first: a half-created store is still ours
         for k in range(n_levels):
             level_shape = (-(-shape[0] // (1 << k)), -(-shape[1] // (1 << k)))
             group.create_array(
@@ -158,6 +167,7 @@ class LabelStore:
                 dtype="uint8",
                 fill_value=0,
                 dimension_names=("y", "x"),
+                config=_ARRAY_CONFIG,
             )
         if probabilities:
             group.create_array(
@@ -167,6 +177,7 @@ class LabelStore:
                 dtype="uint8",
                 fill_value=0,
                 dimension_names=("y", "x", "c"),
+                config=_ARRAY_CONFIG,
             )
         group.attrs.update(
             {
@@ -177,16 +188,16 @@ class LabelStore:
                     "n_levels": n_levels,
                     "settings": settings,
                     "complete": False,
+                    "all_chunks_written": True,
                     **(extra or {}),
                 },
             }
         )
-        (path / DONE_DIR).mkdir(exist_ok=True)
         return cls(path, group)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> LabelStore:
-        """Open an existing output store."""
+    def open(cls, path: str | os.PathLike, mode: str = "r", *, verify: bool = True) -> LabelStore:
+        """Open an existing output store; with ``verify``, a finished store must still hold every block it lists."""
         import zarr
 
         path = Path(path)
@@ -194,25 +205,85 @@ class LabelStore:
             group = zarr.open_group(str(path), mode=mode)
             if "histoseg" not in group.attrs:
                 raise StoreError(f"{path} is a zarr store but not a histoseg output (no 'histoseg' attributes)")
-            return cls(path, group)
+            store = cls(path, group)
         except StoreError:
             raise
         except Exception as err:  # zarr raises several types for "not a store"
             raise StoreError(f"cannot open {path} as a histoseg output store: {err}") from err
+        if verify and store.info.get("complete"):
+            missing = store.missing_blocks()
+            if missing:
+                raise StoreError(
+                    f"{path}: {len(missing)} finished block(s) lost their data (first: block {missing[0][0]}, "
+                    f"{missing[0][1]}); rerun the same predict command to redo them"
+                )
+        return store
 
     # -- block records ------------------------------------------------------------------------------------
     def _marker(self, index: tuple[int, int]) -> Path:
         return self.path / DONE_DIR / f"{index[0]}_{index[1]}.json"
 
     def done_blocks(self) -> dict[tuple[int, int], list[int]]:
-        """Finished blocks and their class counts."""
-        done = {}
+        """Finished blocks and their class counts (a corrupt marker raises :class:`StoreError` naming it)."""
+        return {index: record["counts"] for index, record in self._records().items()}
+
+    def _records(self) -> dict[tuple[int, int], dict]:
+        records = {}
         folder = self.path / DONE_DIR
         if folder.is_dir():
             for marker in folder.glob("*.json"):
-                by, bx = (int(v) for v in marker.stem.split("_"))
-                done[(by, bx)] = json.loads(marker.read_text())["counts"]
-        return done
+                try:
+                    by, bx = (int(v) for v in marker.stem.split("_"))
+                    record = json.loads(marker.read_text())
+                    if len(record["core"]) != 4 or len(record["counts"]) != len(CLASS_NAMES):
+                        raise ValueError("wrong number of values")
+                except (ValueError, KeyError, TypeError) as err:
+                    raise StoreError(
+                        f"{marker}: corrupt block marker ({err}); delete it and rerun to redo that block"
+                    ) from err
+                records[(by, bx)] = record
+        return records
+
+    def _chunk_files(self, core: list[int]) -> list[Path]:
+        """The chunk files of every array that a block's core covers."""
+        y0, x0, y1, x1 = core
+        files = []
+        arrays = [(k, level) for k, level in enumerate(self.levels)]
+        if self.probabilities is not None:
+            arrays.append((0, self.probabilities))
+        for k, array in arrays:
+            step = 1 << k
+            cy, cx = array.chunks[0], array.chunks[1]
+            ly0, lx0 = y0 // step, x0 // step
+            ly1, lx1 = ly0 + -(-(y1 - y0) // step), lx0 + -(-(x1 - x0) // step)
+            extra = (0,) * (len(array.shape) - 2)
+            for i in range(ly0 // cy, -(-ly1 // cy)):
+                for j in range(lx0 // cx, -(-lx1 // cx)):
+                    key = array.metadata.encode_chunk_key((i, j, *extra))
+                    files.append(self.path / array.path / key)
+        return files
+
+    def missing_blocks(self) -> list[tuple[int, int]]:
+        """Blocks recorded as finished whose chunk files are not all there (a stat per chunk; none for old stores
+        written before every chunk was kept)."""
+        if not self.info.get("all_chunks_written"):
+            return []
+        records = self._records()
+        return sorted(i for i, r in records.items() if not all(f.is_file() for f in self._chunk_files(r["core"])))
+
+    def repair(self) -> list[tuple[int, int]]:
+        """Before resuming: forget the finished blocks whose data are gone, so they are redone, and mark the store
+        incomplete if any were. Returns those blocks."""
+        missing = self.missing_blocks()
+        if missing:
+            log.warning("%s: %d finished block(s) lost their data; redoing them", self.path, len(missing))
+            for index in missing:
+                self._marker(index).unlink(missing_ok=True)
+            info = dict(self.info)
+            info.update({"complete": False, "summary": None})
+            self.group.attrs["histoseg"] = info
+            self.info = info
+        return missing
 
     def write_block(
         self,
@@ -232,8 +303,11 @@ class LabelStore:
                 y0 // step : y0 // step + -(-(y1 - y0) // step),
                 x0 // step : x0 // step + -(-(x1 - x0) // step),
             ] = labels[::step, ::step]
-        if self.probabilities is not None and probs is not None:
-            self.probabilities[y0:y1, x0:x1] = np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
+        if self.probabilities is not None:  # zeros (unknown) for a skipped block, as its chunks were before
+            if probs is None:
+                self.probabilities[y0:y1, x0:x1] = 0
+            else:
+                self.probabilities[y0:y1, x0:x1] = np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
         tmp = self._marker(index).with_suffix(".tmp")
         tmp.write_text(json.dumps({"core": list(core), "counts": counts}))
         os.replace(tmp, self._marker(index))
@@ -244,3 +318,12 @@ class LabelStore:
         info.update({"complete": True, "summary": summary})
         self.group.attrs["histoseg"] = info
         self.info = info
+
+
+def _check_parent(path: Path) -> None:
+    """A store's folder must be creatable: no file in the way among its parents."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreError(f"{path}: {parent} is a file, not a folder")
+            return

@@ -1,0 +1,202 @@
+"""Never lose a user's file: --overwrite removes only histoseg's own outputs, and bad requests are one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from skimage.io import imsave
+
+from napari_histoseg.cli import main, prediction_names
+from napari_histoseg.io.outputs import OutputError, check_not_input, is_histoseg_store, remove_store
+from napari_histoseg.io.store import LabelStore
+from napari_histoseg.model.checkpoint import card_for, save_checkpoint
+from napari_histoseg.model.resunetpp import ModelConfig, build_model
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.scaled(0.25))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    return save_checkpoint(path, model, card_for(model, mpp=0.5, name="tiny-random"))
+
+
+def tissue_rgb(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Pink-purple 'tissue' on white glass, enough for the tissue mask and stain statistics."""
+    rng = np.random.default_rng(seed)
+    rgb = np.full((*shape, 3), 240, np.uint8)
+    h, w = shape
+    tissue = rng.integers(0, 60, (h // 2, w // 2, 3)).astype(np.uint8) + np.array([150, 80, 160], np.uint8)
+    rgb[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = tissue
+    return rgb
+
+
+def write_slide(path: Path, rgb: np.ndarray) -> Path:
+    tifffile.imwrite(path, rgb, photometric="rgb", tile=(256, 256), resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    return path
+
+
+@pytest.fixture
+def slide(tmp_path) -> Path:
+    return write_slide(tmp_path / "s.tif", tissue_rgb((512, 512)))
+
+
+def predict(*args: str | Path, model: Path) -> int:
+    return main(["predict", "--model", str(model), "--no-cells", "--block", "512", *map(str, args)])
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+# -- item 1: --overwrite deletes only histoseg's own outputs ----------------------------------------------------
+
+
+def test_overwrite_refuses_the_input_slide_itself(slide, tiny_checkpoint, capsys):
+    before = slide.read_bytes()
+    assert predict(slide, "--out", slide, "--overwrite", model=tiny_checkpoint) == 2
+    assert "is the input itself" in one_error_line(capsys)
+    assert slide.read_bytes() == before
+
+
+def test_overwrite_refuses_a_folder_holding_the_input(slide, tiny_checkpoint, capsys):
+    assert predict(slide, "--out", slide.parent, "--overwrite", model=tiny_checkpoint) == 2
+    assert "holds the input" in one_error_line(capsys)
+    assert slide.is_file()
+
+
+def test_overwrite_refuses_a_foreign_folder_and_a_plain_file(slide, tmp_path, tiny_checkpoint, capsys):
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_text("years of work")
+    assert predict(slide, "--out", foreign, "--overwrite", model=tiny_checkpoint) == 2
+    assert str(foreign) in one_error_line(capsys)
+    assert (foreign / "thesis.docx").read_text() == "years of work"
+    plain = tmp_path / "notes.txt"
+    plain.write_text("keep me")
+    assert predict(slide, "--out", plain, "--overwrite", model=tiny_checkpoint) == 2
+    assert "not a histoseg output store" in one_error_line(capsys)
+    assert plain.read_text() == "keep me"
+
+
+def test_overwrite_replaces_a_histoseg_store_but_not_one_holding_foreign_files(slide, tmp_path, tiny_checkpoint):
+    out = tmp_path / "s.zarr"
+    assert predict(slide, "--out", out, model=tiny_checkpoint) == 0
+    assert is_histoseg_store(out)
+    assert predict(slide, "--out", out, "--overwrite", "--tile", "128", model=tiny_checkpoint) == 0
+    assert LabelStore.open(out).info["settings"]["tile"] == 128
+    (out / "my_notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="my_notes.txt"):
+        remove_store(out)
+    assert (out / "my_notes.txt").is_file() and (out / "zarr.json").is_file()
+
+
+def test_a_half_created_store_is_still_recognised(tmp_path):
+    out = tmp_path / "cut.zarr"
+    (out / ".histoseg_done").mkdir(parents=True)
+    assert is_histoseg_store(out)
+    remove_store(out)
+    assert not out.exists()
+
+
+def test_check_not_input_allows_a_sibling(tmp_path):
+    check_not_input(tmp_path / "out.zarr", [tmp_path / "s.tif"])
+    with pytest.raises(OutputError):
+        check_not_input(tmp_path, [tmp_path / "sub" / "s.tif"])
+
+
+# -- item 6: every expected failure is one `error:` line with exit 2 --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--mpp", "-1", "--mpp -1"),
+        ("--mpp", "nan", "--mpp nan"),
+        ("--tile", "1048576", "too large"),
+        ("--block", "1048576", "too large"),
+        ("--batch-size", "0", "batch"),
+    ],
+)
+def test_impossible_settings_are_one_line_errors(slide, tmp_path, tiny_checkpoint, capsys, option, value, message):
+    assert predict(slide, "--out", tmp_path / "o.zarr", option, value, model=tiny_checkpoint) == 2
+    assert message in one_error_line(capsys)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_os_errors_are_one_line_errors(slide, tmp_path, tiny_checkpoint, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    imsave(folder / "a.png", tissue_rgb((64, 64)))
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert predict(folder, "--out", a_file, model=tiny_checkpoint) == 2  # --out an existing file, folder mode
+    assert "file.txt" in one_error_line(capsys)
+    assert predict(slide, "--out", a_file / "o.zarr", model=tiny_checkpoint) == 2  # --out under a file
+    assert "file.txt" in one_error_line(capsys)
+    assert main(["demo", "--out", str(a_file)]) == 2
+    assert "file.txt" in one_error_line(capsys)
+    assert a_file.read_text() == "x"
+
+
+# -- item 3: folder mode ------------------------------------------------------------------------------------------
+
+
+def test_same_stem_inputs_get_distinct_outputs():
+    names = prediction_names([Path("x.png"), Path("x.tif"), Path("y.png")])
+    assert names == {Path("x.png"): "x_png_pred.png", Path("x.tif"): "x_tif_pred.png", Path("y.png"): "y_pred.png"}
+    with pytest.raises(ValueError, match="rename one"):
+        prediction_names([Path("x.tif"), Path("x.TIF")])
+
+
+def test_folder_mode_reports_a_bad_file_and_does_the_rest(tmp_path, tiny_checkpoint, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    imsave(folder / "x.png", tissue_rgb((64, 64)))
+    tifffile.imwrite(folder / "x.tif", tissue_rgb((64, 64), seed=1), photometric="rgb")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    imsave(folder / "z.png", tissue_rgb((64, 80)))
+    out = tmp_path / "out"
+    code = main(["predict", str(folder), "--out", str(out), "--model", str(tiny_checkpoint), "--json"])
+    captured = capsys.readouterr()
+    assert code == 2
+    summary = json.loads(captured.out)
+    assert list(summary["failed"]) == ["broken.png"]
+    assert "broken.png" in captured.err and "1 of 4 images failed" in captured.err
+    assert sorted(p.name for p in out.glob("*.png")) == ["x_png_pred.png", "x_tif_pred.png", "z_pred.png"]
+
+
+def test_folder_mode_never_reads_its_own_outputs(tmp_path, tiny_checkpoint, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    imsave(folder / "a.png", tissue_rgb((64, 64)))
+    assert predict(folder, "--out", folder, model=tiny_checkpoint) == 2  # --out the input folder
+    assert "holds the input" in one_error_line(capsys)
+    out = tmp_path / "out"
+    assert predict(folder, "--out", out, model=tiny_checkpoint) == 0
+    imsave(out / "b.png", tissue_rgb((64, 64)))  # the user adds an image to the output folder
+    assert predict(out, "--out", tmp_path / "out2", model=tiny_checkpoint) == 0
+    assert sorted(p.name for p in (tmp_path / "out2").glob("*.png")) == ["b_pred.png"]  # not a_pred_pred.png
+
+
+def test_folder_mode_never_replaces_a_file_it_did_not_write(tmp_path, tiny_checkpoint, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    imsave(folder / "a.png", tissue_rgb((64, 64)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_pred.png").write_bytes(b"someone else's")
+    assert predict(folder, "--out", out, "--overwrite", model=tiny_checkpoint) == 2
+    assert "a_pred.png" in one_error_line(capsys)
+    assert (out / "a_pred.png").read_bytes() == b"someone else's"
+    (out / "a_pred.png").unlink()
+    assert predict(folder, "--out", out, model=tiny_checkpoint) == 0
+    assert predict(folder, "--out", out, model=tiny_checkpoint) == 0  # its own output: rewritten on a rerun
