@@ -5,45 +5,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tifffile
-import torch
 from skimage.io import imsave
 
+import _tiny
+from _tiny import tissue_rgb, write_slide
 from napari_histoseg.cli import main, prediction_names
 from napari_histoseg.io.outputs import OutputError, check_not_input, is_histoseg_store, remove_store
 from napari_histoseg.io.store import LabelStore
-from napari_histoseg.model.checkpoint import card_for, save_checkpoint
-from napari_histoseg.model.resunetpp import ModelConfig, build_model
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.scaled(0.25))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    return save_checkpoint(path, model, card_for(model, mpp=0.5, name="tiny-random"))
-
-
-def tissue_rgb(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """Pink-purple 'tissue' on white glass, enough for the tissue mask and stain statistics."""
-    rng = np.random.default_rng(seed)
-    rgb = np.full((*shape, 3), 240, np.uint8)
-    h, w = shape
-    tissue = rng.integers(0, 60, (h // 2, w // 2, 3)).astype(np.uint8) + np.array([150, 80, 160], np.uint8)
-    rgb[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = tissue
-    return rgb
-
-
-def write_slide(path: Path, rgb: np.ndarray) -> Path:
-    tifffile.imwrite(path, rgb, photometric="rgb", tile=(256, 256), resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
-    return path
 
 
 @pytest.fixture
 def slide(tmp_path) -> Path:
     return write_slide(tmp_path / "s.tif", tissue_rgb((512, 512)))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return _tiny.tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def predict(*args: str | Path, model: Path) -> int:

@@ -125,7 +125,7 @@ def _predict_folder(args, model, card, settings) -> dict:
     check_replaceable([out / n for n in names.values()], own)  # before any work
 
     totals = [0, 0, 0, 0]
-    per_image, failed = {}, {}
+    per_image, failed, factors = {}, {}, {}
     for path in images:
         try:
             image = read_image(path)
@@ -138,9 +138,11 @@ def _predict_folder(args, model, card, settings) -> dict:
             print(f"error: {path}: {failed[path.name]}", file=sys.stderr)
             continue
         per_image[path.name] = result.class_counts
+        factors[path.name] = result.plan.factor  # model px per image px (--mpp against the model's resolution)
         totals = [a + b for a, b in zip(totals, result.class_counts, strict=True)]
     summary = {"images": len(images), "pixels_per_class_total": totals, "per_image": per_image, "out": str(out)}
     summary["outputs"] = {p.name: names[p] for p in images if p.name in per_image}
+    summary["resample_factor"] = factors
     summary["failed"] = failed
     return summary
 
