@@ -180,3 +180,17 @@ def test_folder_mode_never_replaces_a_file_it_did_not_write(tmp_path, tiny_check
     (out / "a_pred.png").unlink()
     assert predict(folder, "--out", out, model=tiny_checkpoint) == 0
     assert predict(folder, "--out", out, model=tiny_checkpoint) == 0  # its own output: rewritten on a rerun
+
+
+# -- item 8: a refused training run leaves no empty run folder ----------------------------------------------------
+
+
+def test_train_init_of_another_width_leaves_no_run_folder(tmp_path, tiny_checkpoint, capsys):
+    from _trainsets import write_set
+
+    data = write_set(tmp_path / "data", n=2, size=64)
+    run = tmp_path / "runs" / "wide"
+    args = ["train", str(data), "--val", str(data), "--out", str(run), "--width", "1.0", "--init", str(tiny_checkpoint)]
+    assert main([*args, "--epochs", "1", "--device", "cpu"]) == 2
+    assert "match this checkpoint" in one_error_line(capsys)
+    assert not run.parent.exists()

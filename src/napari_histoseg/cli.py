@@ -327,7 +327,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    result: TrainResult = run_training(config, resume=args.resume, on_event=report)
+    out = Path(config.out).absolute()
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the folders a run would create
+    try:
+        result: TrainResult = run_training(config, resume=args.resume, on_event=report)
+    except BaseException:
+        for folder in made:  # a run refused before its first file (e.g. --init of another width) leaves nothing
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     state = "cancelled" if result.cancelled else "finished"
     print(
         f"{state} after {result.epochs_done} epochs; best epoch {result.best_epoch} "
