@@ -194,3 +194,39 @@ def test_train_init_of_another_width_leaves_no_run_folder(tmp_path, tiny_checkpo
     assert main([*args, "--epochs", "1", "--device", "cpu"]) == 2
     assert "match this checkpoint" in one_error_line(capsys)
     assert not run.parent.exists()
+
+
+# -- item 4: planar and 16-bit RGB ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_planar_and_12_bit_rgb_read_as_the_same_slide(tmp_path, planar):
+    import numpy as np
+
+    from napari_histoseg.io.slide import open_slide
+    from napari_histoseg.training.data import read_image
+
+    rgb8 = tissue_rgb((300, 256))
+    rgb12 = ((rgb8.astype(np.uint32) * 4095 + 127) // 255).astype(
+        np.uint16
+    )  # a 12-bit camera's values in a 16-bit file
+    data = np.moveaxis(rgb12, -1, 0) if planar else rgb12
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, data, photometric="rgb", planarconfig="separate" if planar else "contig")
+    with open_slide(path) as slide:
+        assert slide.levels[0].shape == (300, 256, 3)
+        assert slide.metadata["white_level"] == 4095
+        pixels = np.asarray(slide.levels[0])
+    assert np.abs(pixels.astype(int) - rgb8).max() <= 1  # not 16x darker
+    assert np.abs(read_image(path).astype(int) - rgb8).max() <= 1  # folder mode and training read the same
+
+
+def test_planar_16_bit_slide_segments_at_its_own_shape(tmp_path, tiny_checkpoint):
+    import numpy as np
+
+    rgb16 = np.moveaxis(tissue_rgb((300, 256)).astype(np.uint16) * 16, -1, 0)
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, rgb16, photometric="rgb", planarconfig="separate")
+    out = tmp_path / "planar.zarr"
+    assert predict(path, "--out", out, model=tiny_checkpoint) == 0
+    assert LabelStore.open(out).levels[0].shape == (300, 256)

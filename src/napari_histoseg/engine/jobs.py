@@ -19,6 +19,7 @@ import torch
 
 from ..io.store import ArraySink, LabelStore
 from ..model.checkpoint import ModelCard, load_checkpoint
+from ..pixels import channels_last, scale_to_uint8, white_level
 from ..stain import LabStats
 from .device import prepare_model, select_device
 from .infer import InferenceProgress, InferenceResult, InferenceSettings, TissueTest, segment
@@ -125,7 +126,9 @@ def segment_image(
     ``settings.stain_normalize``, colours are mapped onto the model's training data using ``stain_source``, the
     colour statistics of the slide the image comes from, or when it is not given those of the image itself.
     """
-    image = np.asarray(image)
+    image = channels_last(np.asarray(image))  # planar (3, H, W) too
+    if image.dtype == np.uint16:  # by its real range (pixels.py)
+        image = scale_to_uint8(image, white_level(image.max(initial=0)))
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise SegmentationError(f"{name}: expected an RGB image (H, W, 3), got shape {image.shape}")
     _check_model_fits(name, image.shape[:2], settings, model.config.divisor)

@@ -20,6 +20,8 @@ import numpy as np
 import tifffile
 import zarr
 
+from ..pixels import scale_to_uint8, white_level
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Slide", "SlideError", "UnsupportedSlideError", "open_slide"]
@@ -169,13 +171,13 @@ def _build_slide(tif: tifffile.TiffFile, path: Path, file_size: int) -> Slide:
 
     store = series.aszarr(multiscales=True, maxworkers=_DECODE_WORKERS)
     group = zarr.open_group(store, mode="r")
-    file_levels: list[da.Array] = []
+    sources = []
     for i, level_series in enumerate(series.levels):
         source = _memmap_or_none(tif, path, series_index, i, level_series)
-        if source is None:
-            source = group[str(i)]
-        file_levels.append(_to_rgb(_as_dask(source, level_series), kind))
-    _probe(source, name, series)
+        sources.append((group[str(i)] if source is None else source, level_series))
+    _probe(sources[-1][0], name, series)
+    white = _white(sources[-1][0], kind, name) if kind.endswith("rgb16") else 255
+    file_levels = [_to_rgb(_as_dask(source, level_series), kind, white) for source, level_series in sources]
 
     h0, w0 = file_levels[0].shape[:2]
     downsamples = [(h0 / lv.shape[0] + w0 / lv.shape[1]) / 2 for lv in file_levels]
@@ -201,6 +203,7 @@ def _build_slide(tif: tifffile.TiffFile, path: Path, file_size: int) -> Slide:
         "photometric": kf.photometric.name,
         "dtype": str(series.dtype),
         "converted_from": kind if kind != "rgb" else None,
+        "white_level": white,
         "level_shapes": [[int(lv.shape[0]), int(lv.shape[1])] for lv in levels],
         "level_downsamples": [float(d) for d in downsamples],
         "levels_in_file": len(file_levels),
@@ -234,9 +237,10 @@ def _classify(series: tifffile.TiffPageSeries, name: str, tif: tifffile.TiffFile
             "brightfield RGB (H&E) slide"
         )
     if axes in ("YXS", "SYX") and is_colour:
+        planar = "planar-" if axes == "SYX" else ""
         if dtype == np.uint16:
-            return "rgb16"
-        if axes == "SYX":
+            return f"{planar}rgb16"
+        if planar:
             return "planar-rgb"
         return "rgba" if shape[-1] == 4 else "rgb"
     if axes == "YX":
@@ -251,18 +255,50 @@ def _classify(series: tifffile.TiffPageSeries, name: str, tif: tifffile.TiffFile
     raise UnsupportedSlideError(f"{name}: not a 2D RGB slide ({described}, photometric {photometric.name})")
 
 
-def _to_rgb(level: da.Array, kind: str) -> da.Array:
-    """Convert a level lazily to (H, W, 3) uint8."""
+def _to_rgb(level: da.Array, kind: str, white: int = 255) -> da.Array:
+    """Convert a level lazily to (H, W, 3) uint8 (16-bit data scaled by ``white``, their full scale)."""
     if kind == "rgba":
         return level[..., :3]  # alpha is dropped
-    if kind == "planar-rgb":
-        return da.moveaxis(level[:3], 0, -1)
+    if kind.startswith("planar-"):  # samples first: (S, H, W) -> (H, W, S)
+        level, kind = da.moveaxis(level[:3], 0, -1), kind[len("planar-") :]
     if kind == "rgb16":
-        return (level[..., :3] // 257).astype(np.uint8)
+        return scale_to_uint8(level[..., :3], white)
+    if kind == "rgb":
+        return level[..., :3]
     if kind in ("grey", "grey-inverted"):
         grey = 255 - level if kind == "grey-inverted" else level
         return da.stack([grey, grey, grey], axis=-1).rechunk({2: 3})
     return level
+
+
+#: At most this many values are read to find the real range of 16-bit data (the smallest level, or samples of it).
+_RANGE_SAMPLE = 1 << 24
+
+
+def _white(source: Any, kind: str, name: str) -> int:
+    """Full scale of a 16-bit RGB slide, from the largest value of its smallest level (sampled when large)."""
+    planar = kind.startswith("planar-")
+    height, width = (source.shape[1], source.shape[2]) if planar else (source.shape[0], source.shape[1])
+    if height * width * 3 <= _RANGE_SAMPLE:
+        largest = int(np.asarray(source[:]).max())
+    else:
+        step_y, step_x, box = max(1, height // 8), max(1, width // 8), 256
+        parts = []
+        for y in range(0, height, step_y):
+            for x in range(0, width, step_x):
+                key = (
+                    (slice(None), slice(y, y + box), slice(x, x + box))
+                    if planar
+                    else (slice(y, y + box), slice(x, x + box))
+                )
+                parts.append(int(np.asarray(source[key]).max()))
+        largest = max(parts)
+    if largest == 0:
+        raise UnsupportedSlideError(f"{name}: 16-bit RGB image whose pixels are all 0; nothing to segment")
+    white = white_level(largest)
+    if white != 65535:
+        logger.info("%s: 16-bit RGB with values up to %d; scaled by %d to 8 bits", name, largest, white)
+    return white
 
 
 # --- building the dask levels --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES
+from ..pixels import channels_last, scale_to_uint8, white_level
 from ..stain import LabStats, lab_stats
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,8 @@ def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
         return array
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
-    if array.dtype == np.uint16:
-        return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if array.dtype == np.uint16:  # by its real range: 12-bit data in 16 bits stop near 4,095 (pixels.py)
+        return scale_to_uint8(array, white_level(array.max(initial=0)))
     if np.issubdtype(array.dtype, np.floating):
         scale = 255.0 if np.nanmax(array, initial=0.0) <= 1.0 else 1.0
         return np.clip(np.rint(np.nan_to_num(array) * scale), 0, 255).astype(np.uint8)
@@ -165,7 +166,8 @@ def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _to_rgb(array: np.ndarray, path: Path) -> np.ndarray:
-    """(H, W), (H, W, 1|2|3|4) -> (H, W, 3); alpha is dropped, grey repeated."""
+    """(H, W), (H, W, 1|2|3|4), planar (1|2|3|4, H, W) -> (H, W, 3); alpha is dropped, grey repeated."""
+    array = channels_last(array)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
