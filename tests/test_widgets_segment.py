@@ -55,6 +55,8 @@ def _widget(viewer, checkpoint, **values) -> SegmentWidget:
     widget.registry.add(checkpoint)
     widget.device.value = "cpu"
     widget.opening.value = 0
+    if widget.image.value is not None and widget.resolution.value is None:
+        widget.resolution.value = 0.5  # test images state none; the tiny model's card says 0.5
     for key, value in values.items():
         getattr(widget, key).value = value
     return widget
@@ -100,7 +102,7 @@ def test_image_layer_gives_coloured_labels_with_its_geometry(make_napari_viewer,
     assert list(counts.values()) == np.bincount(labels.data.ravel(), minlength=4).tolist()
     present = [c for c in range(1, 4) if (labels.data == c).any()]
     assert len(present) >= 2, f"tiny model predicted only classes {present}"
-    assert "tumor cell" in widget.result.value
+    assert "tumor cell" in widget.result.text
 
     # Screenshot: labelled pixels turn pure red/green/blue, background pixels show the tissue unchanged.
     labels.opacity = 1.0
@@ -195,7 +197,7 @@ def test_cancel_stops_within_a_block_and_keeps_finished_ones(
     assert 1 <= len(done) < 9  # 3 x 3 blocks of 1024 px in 2967 x 2220
     assert store.info["complete"] is False
     assert sum(widget.last_layer.metadata["class_counts"].values()) == sum(sum(c) for c in done.values())
-    assert "cancelled" in widget.result.value and widget.run_button.enabled
+    assert "Cancelled" in widget.result.text and widget.run_button.enabled
     assert widget.last_layer.multiscale and np.asarray(widget.last_layer.data[-1]).shape[0] > 0
     # napari still responds, and a rerun resumes after the kept blocks
     viewer.add_points([[10, 10]])
@@ -276,7 +278,12 @@ def test_cellularity_readout_of_the_result_and_a_region(make_napari_viewer, qtbo
     assert labels.metadata["cellularity"]["whole"] == expected["whole"]
     assert labels.metadata["cellularity"]["regions"] == expected["regions"]
     assert expected["whole"]["cells"] > 0  # the calibrated random model does find "cells"
-    assert "Whole result: tumor cellularity" in widget.result.value and "Region 1:" in widget.result.value
+    first, *details = widget.result.text.splitlines()
+    whole = expected["whole"]
+    cells, tumor = whole["cells"], whole["tumor_cells"]
+    assert first == f"Tumor cellularity {100 * tumor / cells:.1f}% ({tumor:,} of {cells:,} cells)"
+    assert any(line.startswith("Region 1:") for line in details)
+    assert not widget.result.section.native.isHidden() and not widget.result.section.expanded  # behind a toggle
     [cmap] = [layer for layer in viewer.layers if "tumor cellularity" in layer.name]
     assert cmap.colorbar.visible and cmap.data.shape == (2, 2)  # 300 x 280 px in squares of 256 px
     np.testing.assert_allclose(cmap.scale, np.asarray(image.scale) * 256)

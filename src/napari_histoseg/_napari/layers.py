@@ -18,6 +18,7 @@ from napari_histoseg.io.store import LabelStore
 
 Box = tuple[int, int, int, int]  # level-0 pixels of the image layer: y0, x0, y1, x1
 SOURCE_KEY = "histoseg_source"  # Labels metadata: name of the image layer it segments
+OUTLINE_PX = 1  # contour width of the "outlines" display
 
 
 class RegionError(ValueError):
@@ -27,6 +28,11 @@ class RegionError(ValueError):
 def class_colormap() -> DirectLabelColormap:
     """Red tumor, green non-tumor, blue boundary; background transparent."""
     return DirectLabelColormap(color_dict=napari_colors())
+
+
+def class_features() -> dict[str, list]:
+    """The Labels layer's features: a class name per label value, so hovering shows "tumor cell"."""
+    return {"index": list(range(NUM_CLASSES)), "class": list(CLASS_NAMES)}
 
 
 def counts_dict(counts: Sequence[int]) -> dict[str, int]:
@@ -75,9 +81,21 @@ def find_result_layer(viewer, image: Image) -> Labels | None:
 
 
 def show_labels(
-    viewer, image: Image, data, *, metadata: dict, replace: bool = True, multiscale: bool | None = None, **geometry
+    viewer,
+    image: Image,
+    data,
+    *,
+    metadata: dict,
+    replace: bool = True,
+    multiscale: bool | None = None,
+    outline: bool = False,
+    **geometry,
 ) -> Labels:
-    """Put ``data`` in the result layer of ``image``: the existing one (``replace``) or a new one."""
+    """Put ``data`` in the result layer of ``image``: the existing one (``replace``) or a new one.
+
+    The layer names its classes (``features``: hovering shows "tumor cell"); ``outline`` draws cell outlines
+    (napari's ``contour``) instead of filled cells.
+    """
     metadata = {**metadata, SOURCE_KEY: image.name}
     if not geometry:
         geometry = _geometry(image)
@@ -86,6 +104,8 @@ def show_labels(
         layer.data = data
         layer.scale, layer.translate = geometry["scale"], geometry["translate"]
         layer.metadata = {**layer.metadata, **metadata}
+        layer.contour = OUTLINE_PX if outline else 0
+        layer.features = class_features()
         layer.refresh()
         return layer
     if layer is not None:  # in-memory <-> multiscale: a layer cannot change kind, so swap it in place
@@ -101,8 +121,10 @@ def show_labels(
         metadata=metadata,
         opacity=0.6,
         multiscale=multiscale,
+        features=class_features(),
         **geometry,
     )
+    new.contour = OUTLINE_PX if outline else 0
     if index is None:
         viewer.add_layer(new)
     else:
@@ -148,6 +170,15 @@ def visible_box(viewer, image: Image) -> Box:
     data = np.array([image.world_to_data(c) for c in corners])[:, -2:]
     lo, hi = data.min(axis=0), data.max(axis=0)
     return _clip((lo[0], lo[1], hi[0] + 1, hi[1] + 1), image_shape(image), "the current view")
+
+
+def round_to_blocks(box: Box, shape: tuple[int, int], block: int, downsample: float = 1.0) -> Box:
+    """The level-0 box covered by the output blocks (``block`` output px, ``downsample`` level-0 px each) that
+    ``box`` touches: what a slide run of that region computes."""
+    step = block * downsample
+    y0, x0 = math.floor(box[0] / step) * step, math.floor(box[1] / step) * step
+    y1, x1 = math.ceil(box[2] / step) * step, math.ceil(box[3] / step) * step
+    return (int(y0), int(x0), int(min(shape[0], y1)), int(min(shape[1], x1)))
 
 
 def shape_boxes(shapes: Shapes, image: Image) -> list[Box]:

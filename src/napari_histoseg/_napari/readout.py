@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from magicgui.widgets import Label
+from magicgui.widgets import Container, Label
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QLabel, QSizePolicy
 
@@ -40,3 +40,48 @@ def readout_label() -> Label:
     native.installEventFilter(native._fit_height)
     label.changed.connect(lambda _value: fit_height(native))
     return label
+
+
+HEADLINE_STYLE = "font-size: 15pt; font-weight: bold;"
+
+
+def cellularity_headline(whole: dict) -> str:
+    """The answer first: "Tumor cellularity 12.8% (373 of 2,921 cells)" from a readout's ``whole`` dict."""
+    cells = int(whole.get("cells") or 0)
+    if not cells:
+        return "No cells found"
+    share = whole.get("cellularity_by_count")
+    return f"Tumor cellularity {100 * share:.1f}% ({int(whole['tumor_cells']):,} of {cells:,} cells)"
+
+
+class ResultReadout(Container):
+    """A Segment result: one line in large type (the cellularity, or what is happening), details under a toggle."""
+
+    def __init__(self):
+        from .form import Section
+
+        self.headline = Label(value="")
+        self.headline.native.setStyleSheet(HEADLINE_STYLE)
+        self.headline.native.setWordWrap(True)
+        self.headline.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.headline.native.installEventFilter(_HeightForWidth(self.headline.native))
+        self.details = readout_label()
+        self.section = Section("Details", [self.details], tooltip="cell counts, areas, regions and class pixels")
+        self.section.body.labels = False
+        super().__init__(widgets=[self.headline, self.section], labels=False)
+        self.margins = (0, 0, 0, 0)
+        self.section.visible = False
+        self.headline.visible = False
+
+    def set_text(self, headline: str, details: str = "") -> None:
+        """Set the large line and the details (the toggle shows only when there are details)."""
+        self.headline.value = headline
+        self.headline.visible = bool(headline)
+        fit_height(self.headline.native)
+        self.details.value = details
+        self.section.visible = bool(details)
+
+    @property
+    def text(self) -> str:
+        """Headline and details as plain text (first line: the headline)."""
+        return "\n".join(part for part in (self.headline.value, self.details.value) if part)

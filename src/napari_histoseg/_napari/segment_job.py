@@ -20,8 +20,9 @@ from napari_histoseg.io.slide import open_slide
 from napari_histoseg.io.store import LabelStore, StoreError
 from napari_histoseg.io.tissue import image_stain_stats
 
+from .job_meter import JobMeter
 from .layers import Box, store_counts
-from .workers import cancel_on_forward
+from .workers import cancel_on_forward, count_on_forward
 
 
 @dataclass
@@ -35,7 +36,7 @@ class SegmentRequest:
     slide_path: Path | None = None
     out: Path | None = None
     image: Any = None
-    mpp: float | None = None
+    mpp: float | None = None  # microns per level-0 pixel: the file's, the user's or an estimate; None: unknown
     scheduler: str | None = None  # slides: run the blocks on this dask scheduler (address or local:N)
 
 
@@ -85,10 +86,24 @@ class _SlideRun:
             from napari_histoseg.engine.distributed import segment_slide_distributed
 
             return segment_slide_distributed(
-                self.slide, r.checkpoint, r.out, r.settings, self.client, region=self.region, overwrite=overwrite
+                self.slide,
+                r.checkpoint,
+                r.out,
+                r.settings,
+                self.client,
+                input_mpp=r.mpp,
+                region=self.region,
+                overwrite=overwrite,
             )
         return segment_slide(
-            self.slide, self.model, self.card, r.out, r.settings, region=self.region, overwrite=overwrite
+            self.slide,
+            self.model,
+            self.card,
+            r.out,
+            r.settings,
+            input_mpp=r.mpp,
+            region=self.region,
+            overwrite=overwrite,
         )
 
 
@@ -106,13 +121,39 @@ def outcome_from_store(path: Path | None) -> SegmentOutcome | None:
     return SegmentOutcome(counts=store_counts(LabelStore.open(path)), store_path=path)
 
 
-def segment_job(request: SegmentRequest, cancel: threading.Event, kept: list | None = None):
+def _metered(job, meter: JobMeter | None, from_events: bool, base: int):
+    """Pass a core job's events on; count its tiles from block events (distributed runs) and mark "writing"."""
+    from napari_histoseg.engine.infer import InferenceProgress, InferenceResult
+
+    gen = iter(job)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if meter is not None and from_events and isinstance(event, InferenceProgress):
+            meter.set(base + event.windows_done)
+        if meter is not None and isinstance(event, InferenceResult):
+            meter.phase("writing")
+        yield event
+
+
+def segment_job(
+    request: SegmentRequest, cancel: threading.Event, kept: list | None = None, meter: JobMeter | None = None
+):
     """Generator for :class:`~.workers.JobRunner`: yields core progress events, returns a :class:`SegmentOutcome`.
 
-    ``kept`` receives each finished in-memory crop as it completes, so a cancelled run keeps them.
+    ``kept`` receives each finished in-memory crop as it completes, so a cancelled run keeps them; ``meter``
+    (optional) follows the phases and counts every tile the network computes.
     """
+    from .run_plan import image_tiles, slide_tiles
+
+    if meter is not None:
+        meter.phase("opening")
     model, card = load_model(request.checkpoint)
     hook = cancel_on_forward(model, cancel)
+    tiles_per_batch = 4 if request.settings.test_time_flips else 1
+    counter = count_on_forward(model, meter, tiles_per_batch) if meter is not None else None
     kept = [] if kept is None else kept
     try:
         if request.slide_path is not None:
@@ -123,10 +164,13 @@ def segment_job(request: SegmentRequest, cancel: threading.Event, kept: list | N
 
                 client = connect(request.scheduler)
             try:
-                result = None
+                if meter is not None:
+                    meter.phase("segmenting", slide_tiles(slide, card, request), "tile")
+                result, base = None, 0
                 for region in request.regions or [None]:
                     run = _SlideRun(request, slide, model, card, region, client)
-                    result = yield from _resume_or_replace(run)
+                    result = yield from _metered(_resume_or_replace(run), meter, client is not None, base)
+                    base += result.windows
             finally:
                 slide.close()
                 if client is not None:
@@ -136,11 +180,14 @@ def segment_job(request: SegmentRequest, cancel: threading.Event, kept: list | N
             return outcome
         image = np.asarray(request.image)
         h, w = image.shape[:2]
+        boxes = request.regions or [(0, 0, h, w)]
         # Every crop gets the colours of the whole image, as the blocks of a slide do.
         stain = image_stain_stats(image) if normalizes_stain(card, request.settings) else None
-        for box in request.regions or [(0, 0, h, w)]:
+        if meter is not None:
+            meter.phase("segmenting", image_tiles(boxes, card, request), "tile")
+        for box in boxes:
             y0, x0, y1, x1 = box
-            result = yield from segment_image(
+            job = segment_image(
                 image[y0:y1, x0:x1],
                 model,
                 card,
@@ -149,10 +196,13 @@ def segment_job(request: SegmentRequest, cancel: threading.Event, kept: list | N
                 name=request.name,
                 stain_source=stain,
             )
+            result = yield from _metered(job, meter, False, 0)
             kept.append((box, result.labels))
         return SegmentOutcome(crops=list(kept), summary=result.summary())
     finally:
         hook.remove()
+        if counter is not None:
+            counter.remove()
 
 
 @dataclass
@@ -183,3 +233,28 @@ def measure_job(source: Any, regions: list, mpp: float | None, cancel: threading
             yield event
     table = CellTable.concat(tables) if tables else CellTable.empty(False)
     return MeasureOutcome(cellularity_readout(table, regions, mpp=mpp), grid)
+
+
+def estimate_job(image: Any, cancel: threading.Event, meter: JobMeter | None = None):
+    """Generator for :class:`~.workers.JobRunner`: estimate an image's microns per pixel with the bundled model
+    (:mod:`napari_histoseg.engine.mpp_estimate`); returns an ``MppEstimate`` (None when cancelled)."""
+    from napari_histoseg.engine.mpp_estimate import estimate_mpp_job
+
+    if meter is not None:
+        meter.phase("loading the model")
+    model, card = load_model(None)
+    hook = cancel_on_forward(model, cancel)
+    try:
+        gen = estimate_mpp_job(image, model, card, cancel=cancel)
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if meter is not None:
+                if event.done == 1:
+                    meter.phase("measuring nuclei", event.total, "tile")
+                meter.set(event.done, event.total)
+            yield event
+    finally:
+        hook.remove()

@@ -11,15 +11,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 from napari.qt.threading import thread_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QTimer
 
 from napari_histoseg.engine.allocator import tune_cpu_allocator
+
+from .job_meter import JobMeter, MeterReading, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +58,74 @@ def cancel_on_forward(model, cancel: threading.Event):
     return model.register_forward_pre_hook(hook)
 
 
+def count_on_forward(model, meter, tiles_per_batch: int = 1):
+    """Count every tile ``model`` has computed on ``meter`` (``tiles_per_batch``: 4 with test-time flips)."""
+
+    def hook(_module, inputs, _output):
+        meter.add(int(inputs[0].shape[0]) // tiles_per_batch)
+
+    return model.register_forward_hook(hook)
+
+
+@dataclass
+class WorkerWarning:
+    """A warning (or a logged warning) raised in a worker, passed to the GUI thread to be shown."""
+
+    message: str
+
+
+class _ThreadLogCapture(logging.Handler):
+    """Collects this package's log warnings emitted by one thread (the worker's)."""
+
+    def __init__(self, thread_id: int):
+        super().__init__(logging.WARNING)
+        self.thread_id = thread_id
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread_id:
+            self.messages.append(record.getMessage())
+
+
+def _step(gen, captured: list[str]):
+    """``next(gen)``, with the warnings it raises (``warnings`` and log warnings) appended to ``captured``."""
+    handler = _ThreadLogCapture(threading.get_ident())
+    package_log = logging.getLogger("napari_histoseg")
+    package_log.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return next(gen)
+            finally:
+                captured.extend(str(w.message) for w in caught)
+    finally:
+        package_log.removeHandler(handler)
+        captured.extend(handler.messages)
+
+
+def _warnings(captured: list[str]):
+    while captured:
+        yield WorkerWarning(captured.pop(0))
+
+
 def _drive(make: JobFactory, cancel: threading.Event, partial: Callable[[], Any], stop_on_cancel: bool = True):
     """Worker body: step the job, hand events out, stop cleanly on Cancel.
 
-    With ``stop_on_cancel=False`` the job watches ``cancel`` itself and ends with its own result.
+    Warnings raised in the job are yielded as :class:`WorkerWarning` events, shown by :class:`JobRunner` as napari
+    notifications from the GUI thread (napari's own relay of worker warnings does not reach the user). With
+    ``stop_on_cancel=False`` the job watches ``cancel`` itself and ends with its own result.
     """
     gen = make(cancel)
+    captured: list[str] = []
     try:
         while True:
             try:
-                event = next(gen)
+                event = _step(gen, captured)
             except StopIteration as stop:
+                yield from _warnings(captured)
                 return stop.value
+            yield from _warnings(captured)
             yield event
             if stop_on_cancel and cancel.is_set():
                 return Cancelled(partial())
@@ -81,7 +141,7 @@ def describe(event: Any) -> tuple[int, int, str] | None:
         eta = event.eta_seconds
         text = f"{event.blocks_done}/{event.blocks_total} blocks, {event.windows_per_second:.1f} tiles/s"
         if eta is not None:
-            text += f", ETA {_clock(eta)}"
+            text += f", about {format_duration(eta)} left"
         return event.blocks_done, event.blocks_total, text
     return None
 
@@ -107,14 +167,9 @@ class TrainingProgress:
             text = f"epoch {event.epoch}, step {event.step}/{event.steps_per_epoch}, loss {event.loss:.4f}"
             rate = (done - self.first_step) / max(time.monotonic() - self.t0, 1e-9)
             if rate > 0 and self.total:
-                text += f", ETA {_clock((self.total - done) / rate)}"
+                text += f", about {format_duration((self.total - done) / rate)} left"
             return done, self.total, text
         return None
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(max(0, round(seconds)))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class JobRunner:
@@ -122,13 +177,20 @@ class JobRunner:
 
     ``on_event`` gets every event (main thread), ``on_done`` the result or a :class:`Cancelled`, ``on_error``
     the exception (default: a napari error notification naming ``title``); ``on_finished`` always runs last.
+    With a ``meter`` (:class:`~.job_meter.JobMeter`), the bar follows its readings every half second and
+    ``on_reading`` gets each one; otherwise ``describe`` turns events into ``(done, total, text)`` for the bar and
+    ``on_text``. The activity dock shows only a short title (a long one pushes its bar out of view). Warnings
+    raised in the job become napari warning notifications.
     """
+
+    POLL_MS = 500
 
     def __init__(self, title: str):
         self.title = title
         self.worker = None
         self._cancel = threading.Event()
         self._bar: progress | None = None
+        self._timer: QTimer | None = None
 
     @property
     def running(self) -> bool:
@@ -146,6 +208,9 @@ class JobRunner:
         label: str = "",
         stop_on_cancel: bool = True,
         describe: Callable[[Any], tuple[int, int, str] | None] = describe,
+        meter: JobMeter | None = None,
+        on_reading: Callable[[MeterReading], None] | None = None,
+        on_text: Callable[[int, int, str], None] | None = None,
     ):
         """Start ``make`` in a worker thread; returns the worker."""
         if self.running:
@@ -153,21 +218,45 @@ class JobRunner:
         # In the GUI thread, before the worker thread exists: it then allocates from the tuned arena.
         tune_cpu_allocator()
         self._cancel = threading.Event()
-        self._bar = progress(total=0, desc=f"{self.title} {label}".strip())
+        name = label if len(label) <= 24 else label[:23] + "\u2026"
+        self._bar = progress(total=0, desc=f"{self.title} {name}".strip())
         worker = thread_worker(_drive, start_thread=False, ignore_errors=True)(
             make, self._cancel, partial, stop_on_cancel
         )
 
-        def yielded(event: Any) -> None:
-            shown = describe(event)
+        def show(done: int, total: int, short: str) -> None:
             bar = self._bar  # a local: updating the bar can process events that close it
-            if shown is not None and bar is not None:
+            if bar is None:
+                return
+            if bar.total != total:
+                bar.total = total
+            bar.n = min(done, total) if total else done
+            bar.set_description(f"{self.title} {name} {short}".strip())
+            bar.refresh()
+
+        def poll() -> None:
+            reading = meter.reading()
+            show(reading.done, reading.total, reading.short)
+            if on_reading is not None:
+                on_reading(reading)
+
+        self._timer = None
+        if meter is not None:
+            self._timer = QTimer()
+            self._timer.setInterval(self.POLL_MS)
+            self._timer.timeout.connect(poll)
+            self._timer.start()
+
+        def yielded(event: Any) -> None:
+            if isinstance(event, WorkerWarning):
+                show_warning(f"{self.title} {label}: {event.message}".strip())
+                return
+            shown = describe(event) if meter is None else None
+            if shown is not None:
                 done, total, text = shown
-                if bar.total != total:
-                    bar.total = total
-                bar.n = done
-                bar.set_description(f"{self.title} {label}: {text}".strip())
-                bar.refresh()
+                show(done, total, f"{100 * min(done, total) // total}%" if total else "")
+                if on_text is not None:
+                    on_text(done, total, text)
             if on_event is not None:
                 on_event(event)
 
@@ -180,6 +269,9 @@ class JobRunner:
 
         def finished() -> None:
             self.worker = None
+            if self._timer is not None:
+                self._timer.stop()
+                self._timer = None
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
