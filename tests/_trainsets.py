@@ -49,3 +49,29 @@ def write_set(root: Path, n: int = 2, size: int = 64, seed: int = 0, prefix: str
         iio.imwrite(root / "gt" / f"{name}_gt.png", CLASS_COLORS[labels])
         iio.imwrite(root / "inst" / f"{name}.png", inst)
     return root
+
+
+def write_point_set(
+    root: Path, n: int = 2, size: int = 64, seed: int = 0, prefix: str = "TCGA-A1-X", metadata: dict | None = None
+) -> Path:
+    """Write ``n`` synthetic point-labelled images (a point at the centre of each nucleus, class 2 for tumor
+    nuclei and 1 for the others, as BRCA-M2C) under ``root``; with ``metadata``, ``root/points.json`` too."""
+    import json
+
+    from napari_histoseg.metrics import instance_centroids
+
+    for sub in ("input", "points"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        image, labels, inst = blob_image(size, seed + k)
+        name = f"{prefix}-{k:03d}"
+        iio.imwrite(root / "input" / f"{name}.png", image)
+        centres = instance_centroids(inst)
+        rows = ["y,x,class"]
+        for i, (y, x) in enumerate(centres, start=1):
+            tumor = labels[inst == i].tolist().count(1) > 0
+            rows.append(f"{y:.1f},{x:.1f},{2 if tumor else 1}")
+        (root / "points" / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    if metadata is not None:
+        (root / "points.json").write_text(json.dumps(metadata))
+    return root

@@ -42,3 +42,9 @@ def tcga_svs(wsi_dir: Path) -> Path:
 def consep_dir() -> Path:
     """CoNSeP patches in folder-pair format: train/ and val/."""
     return _shared_path("data", "consep")
+
+
+@pytest.fixture(scope="session")
+def brca_dir() -> Path:
+    """BRCA-M2C breast carcinoma images with a point per annotated cell: train/ and val/ (about 0.5 um/px)."""
+    return _shared_path("data", "brca-m2c")

@@ -42,6 +42,16 @@ class TrainConfig:
     - ``ema``: decay of an exponential moving average of the weights (and BatchNorm statistics), updated after
       every step, e.g. 0.99 (an average over ~100 steps), to smooth out the step-to-step noise of small batches.
       When set, validation and the saved checkpoints use the averaged weights; None trains without it.
+    - ``points_dirs``: point-labelled folders trained beside the colour-mask pairs (``points``), with partial
+      targets from ``teacher`` (default: ``init``, else the bundled model; see ``point_targets``);
+      ``points_share`` of the patches come from them. ``points_val``: a point-labelled folder scored at every
+      validation (its tumor type F1 and cellularity error join the selection score). ``points_mpp`` and
+      ``tumor_classes`` override the folders' ``points.json``; images of ``exclude_sites`` (TCGA site codes) are
+      left out of training, to keep a hospital aside as a cross-site check.
+    - ``freeze_norm``: keep BatchNorm layers in inference mode while training (their running statistics are not
+      updated; their scale and shift still learn). None (the default) freezes them when fine-tuning (``init``)
+      or when batches are smaller than 8: a few small batches otherwise move the running means enough to break
+      the starting model.
     - ``border_weight``: U-Net's ``w0``, an extra loss weight on the pixels between touching cells (gaps and
       boundary rings), ``w0 * exp(-(d1 + d2)^2 / (2 border_sigma^2))`` with d1, d2 the distances (px) to the two
       nearest cells, added to the class weight (see ``border_weights``); 0 (the default) trains without it.
@@ -76,6 +86,14 @@ class TrainConfig:
     ema: float | None = None
     border_weight: float = 0.0
     border_sigma: float = DEFAULT_BORDER_SIGMA
+    points_dirs: list[str] | None = None
+    points_val: str | None = None
+    points_mpp: float | None = None
+    tumor_classes: list[int] | None = None
+    exclude_sites: list[str] | None = None
+    points_share: float = 0.5
+    teacher: str | None = None
+    freeze_norm: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,9 +182,27 @@ class TrainConfig:
         need(c.ema is None or (is_num(c.ema) and 0 < c.ema < 1), f"ema must be a decay in (0, 1), got {c.ema!r}")
         need(is_num(c.border_weight) and c.border_weight >= 0, f"border_weight must be >= 0, got {c.border_weight!r}")
         need(is_num(c.border_sigma) and c.border_sigma > 0, f"border_sigma must be > 0 px, got {c.border_sigma!r}")
+        for folder in [*(c.points_dirs or []), *([c.points_val] if c.points_val else [])]:
+            need(Path(folder).is_dir(), f"point-labelled folder not found: {folder}")
+        need(
+            c.points_mpp is None or (is_num(c.points_mpp) and c.points_mpp > 0),
+            f"points_mpp must be positive, got {c.points_mpp!r}",
+        )
+        need(
+            c.tumor_classes is None or (bool(c.tumor_classes) and all(is_int(v) for v in c.tumor_classes)),
+            f"tumor_classes must be a list of integer point classes, got {c.tumor_classes!r}",
+        )
+        need(is_num(c.points_share) and 0 < c.points_share < 1, f"points_share must be in (0, 1), got {c.points_share}")
+        need(
+            c.teacher is None or Path(c.teacher).exists() or Path(c.teacher + ".safetensors").exists(),
+            f"teacher checkpoint not found: {c.teacher}",
+        )
         c.amp = bool(c.amp)
         c.train_dir = str(Path(c.train_dir).resolve())
         c.out = str(Path(c.out).resolve())
         c.val_dir = None if c.val_dir is None else str(Path(c.val_dir).resolve())
         c.init = None if c.init is None else str(Path(c.init).resolve())
+        c.teacher = None if c.teacher is None else str(Path(c.teacher).resolve())
+        c.points_dirs = None if not c.points_dirs else [str(Path(d).resolve()) for d in c.points_dirs]
+        c.points_val = None if c.points_val is None else str(Path(c.points_val).resolve())
         return c

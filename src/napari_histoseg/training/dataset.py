@@ -46,7 +46,8 @@ class PatchDataset(Dataset):
     (``border_weights.border_weights`` with ``w0 = border_weight``), computed on the augmented labels. An epoch
     has ``samples_per_epoch`` items; by default as many as the patches needed to tile every image once (an image
     of H x W contributes ceil(H/p) * ceil(W/p) slots, so large images are visited in proportion to their area).
-    Images smaller than the patch are padded with white (labels 0). Call ``set_epoch`` before each epoch.
+    Images smaller than the patch are padded with white (labels 0). With ``sample_weights`` (one per sample),
+    each item draws its image with those odds instead. Call ``set_epoch`` before each epoch.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class PatchDataset(Dataset):
         max_shift: int = 16,
         border_weight: float = 0.0,
         border_sigma: float = DEFAULT_BORDER_SIGMA,
+        sample_weights: Sequence[float] | None = None,
     ):
         if not samples:
             raise ValueError("PatchDataset needs at least one sample")
@@ -79,6 +81,12 @@ class PatchDataset(Dataset):
         slots = [math.ceil(s.labels.shape[0] / patch) * math.ceil(s.labels.shape[1] / patch) for s in self.samples]
         self._slot_image = np.repeat(np.arange(len(self.samples)), slots)
         self.samples_per_epoch = int(samples_per_epoch) if samples_per_epoch else len(self._slot_image)
+        self._draw = None
+        if sample_weights is not None:
+            weights = np.asarray(sample_weights, dtype=np.float64)
+            if weights.shape != (len(self.samples),) or not (weights >= 0).all() or weights.sum() <= 0:
+                raise ValueError(f"sample_weights must be {len(self.samples)} non-negative numbers, not all 0")
+            self._draw = np.cumsum(weights / weights.sum())
         # Shared memory, so that persistent worker processes see set_epoch made in the main process.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -101,7 +109,10 @@ class PatchDataset(Dataset):
         if not 0 <= index < self.samples_per_epoch:
             raise IndexError(index)
         rng = self.item_rng(index)
-        if self.samples_per_epoch == len(self._slot_image):
+        if self._draw is not None:
+            chosen = min(int(np.searchsorted(self._draw, rng.random(), side="right")), len(self.samples) - 1)
+            sample = self.samples[chosen]
+        elif self.samples_per_epoch == len(self._slot_image):
             sample = self.samples[self._slot_image[index]]
         else:
             sample = self.samples[self._slot_image[rng.integers(len(self._slot_image))]]

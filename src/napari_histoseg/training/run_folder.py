@@ -21,6 +21,8 @@ from .config import RESUMABLE_CHANGES, TrainConfigError
 STATE_FORMAT = "napari-histoseg-train-state/1"
 BEST, LAST, STATE = "best", "last", "state.safetensors"
 DICE_FIELDS = tuple(f"dice_{name.replace(' ', '_').replace('-', '_')}" for name in CLASS_NAMES)
+#: Scores on a point-labelled validation folder (``point_training.validate_points``), empty without one.
+POINT_METRICS = ("points_detection_f1", "points_type_f1_tumor", "points_cellularity_mae", "points_cellularity_r")
 CSV_FIELDS = (
     "epoch",
     "global_step",
@@ -31,6 +33,7 @@ CSV_FIELDS = (
     "score",
     *SCALAR_METRICS,
     *DICE_FIELDS,
+    *POINT_METRICS,
     "is_best",
 )
 
@@ -109,7 +112,7 @@ def csv_row(
         "score": "" if not math.isfinite(score) else f"{score:.6g}",
         "is_best": int(is_best),
     }
-    for key in ("val_loss", *SCALAR_METRICS):
+    for key in ("val_loss", *SCALAR_METRICS, *POINT_METRICS):
         value = val.get(key)
         row[key] = "" if value is None or not math.isfinite(value) else f"{value:.6g}"
     for name, value in zip(DICE_FIELDS, val.get("dice", [None] * 4), strict=False):

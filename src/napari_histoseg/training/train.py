@@ -45,8 +45,9 @@ from ..engine.allocator import tune_cpu_allocator
 from ..engine.device import select_device, training_autocast
 from ..engine.stain_transform import ReinhardNormalizer, normalizer_for
 from ..fileio import atomic_write, json_safe
-from ..model.checkpoint import card_for, finetune_config, load_matching_weights, save_checkpoint
+from ..model.checkpoint import card_for, finetune_config, load_matching_weights, read_card, save_checkpoint
 from ..model.resunetpp import ModelConfig, ResUNetPlusPlus, build_model, count_parameters
+from ..stain import LabStats
 from .config import (
     DEFAULT_VAL_FRACTION,
     TrainConfig,
@@ -56,6 +57,7 @@ from .data import find_pairs, load_pairs, pooled_stain_stats, split_by_image, we
 from .dataset import PatchDataset, default_num_workers, make_loader
 from .evaluate import EvalResult, evaluate_model
 from .loss import weighted_cross_entropy
+from .point_training import load_point_data, patch_share_weights, validate_points
 from .run_folder import (
     BEST,
     LAST,
@@ -163,12 +165,24 @@ def _hold_interrupts():
                 raise KeyboardInterrupt
 
 
+def _mean_finite(values) -> float:
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def selection_score(metrics: dict, select_metric: str = "score") -> float:
-    """The number "best" maximises (``val_loss`` is negated); NaN when undefined. See the module docstring."""
+    """The number "best" maximises (``val_loss`` is negated); NaN when undefined. See the module docstring.
+
+    With a point-labelled validation folder, ``score`` is the mean of the colour-mask score and the point score
+    (the mean of the points' tumor type F1 and 1 - the per-image cellularity error).
+    """
     if select_metric == "score":
-        parts = [metrics.get(k, float("nan")) for k in ("detection_f1", "type_f1_tumor", "mean_f1")]
-        finite = [float(p) for p in parts if p is not None and math.isfinite(p)]
-        return float(np.mean(finite)) if finite else float("nan")
+        score = _mean_finite(metrics.get(k, float("nan")) for k in ("detection_f1", "type_f1_tumor", "mean_f1"))
+        if "points_type_f1_tumor" in metrics:
+            mae = metrics.get("points_cellularity_mae")
+            points = _mean_finite([metrics["points_type_f1_tumor"], None if mae is None else 1 - mae])
+            score = _mean_finite([score, points])
+        return score
     value = metrics.get(select_metric)
     if value is None or not math.isfinite(value):
         return float("nan")
@@ -277,6 +291,14 @@ def train(
     val_samples, _ = load_pairs(val_pairs)
     counts = report["pixels_per_class"]
     class_weights = weights_from_counts(counts)
+    init_card = read_card(config.init) if config.init else None
+    # A fine-tune keeps its starting model's resolution and stain target unless told otherwise: a new target
+    # moves every colour the network sees at inference.
+    model_mpp = config.model_mpp if config.model_mpp is not None else (init_card.mpp if init_card else None)
+    if init_card is not None and init_card.stain_target:
+        stain = LabStats.from_dict(init_card.stain_target)
+    else:
+        stain = pooled_stain_stats(train_samples)  # the colours inference maps slides onto
 
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -333,8 +355,19 @@ def train(
         history = info.get("history", [])
     del tensors
 
+    point_data = (
+        load_point_data(config, model_mpp, stain, run_dir / "point_targets")
+        if config.points_dirs or config.points_val
+        else None
+    )
+    sample_weights = None
+    if point_data is not None and point_data.train:
+        sample_weights = patch_share_weights(train_samples, point_data.train, config.points_share)
+        train_samples = [*train_samples, *point_data.train]
+
     dataset = PatchDataset(
         train_samples,
+        sample_weights=sample_weights,
         patch=config.patch,
         samples_per_epoch=config.samples_per_epoch,
         stain_jitter=config.stain_jitter,
@@ -350,6 +383,9 @@ def train(
         num_workers=workers,
         seed=config.seed,
         drop_last=len(dataset) > config.batch_size,
+    )
+    freeze_norm = (
+        config.freeze_norm if config.freeze_norm is not None else (config.init is not None or config.batch_size < 8)
     )
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.epochs
@@ -370,10 +406,10 @@ def train(
         "class_weights": [float(w) for w in class_weights],
         "init": init_report,
         "select_metric": config.select_metric,
+        "point_sets": point_data.describe() if point_data is not None else None,
     }
 
     logit_bias = logit_adjustment(class_weights)
-    stain = pooled_stain_stats(train_samples)  # the colours inference maps slides onto
     stain_target = stain.to_dict() if stain is not None else {}
     # Validation sees what `histoseg evaluate` sees: the val images' pooled colours mapped onto the training data's.
     val_normalize = normalizer_for(pooled_stain_stats(val_samples), stain)
@@ -388,7 +424,7 @@ def train(
         }
         card = card_for(
             evaluated,
-            mpp=config.model_mpp,
+            mpp=model_mpp,
             training=training,
             metrics=json_safe(metrics),
             name=f"{run_dir.name}/{stem}",
@@ -419,6 +455,8 @@ def train(
         for epoch in range(start_epoch, config.epochs + 1):
             dataset.set_epoch(epoch)
             model.train()
+            if freeze_norm:
+                freeze_batchnorm(model)
             t_epoch = time.perf_counter()
             loss_sum, seen = 0.0, 0
             lr = optimizer.param_groups[0]["lr"]
@@ -466,6 +504,9 @@ def train(
             t_val = time.perf_counter()
             if epoch % config.val_every == 0 or epoch == config.epochs or stopped_early:
                 val = validate_model(evaluated, val_samples, device, config, class_weights, logit_bias, val_normalize)
+                if point_data is not None and point_data.val:
+                    card = card_for(evaluated, mpp=model_mpp, logit_bias=logit_bias, stain_target=stain_target)
+                    val.update(validate_points(evaluated, card, point_data, device, config))
                 score = selection_score(val, config.select_metric)
                 if plateau is not None and math.isfinite(score) and global_step >= config.warmup:
                     plateau.step(score)
@@ -534,6 +575,13 @@ def train(
     )
     yield result
     return result
+
+
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Put every BatchNorm layer of ``model`` in eval mode: running statistics used and kept, affine still trained."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def logit_adjustment(class_weights: Sequence[float]) -> list[float]:

@@ -1,0 +1,1 @@
+"""Measurements on label maps and cells (numpy/scipy/skimage only)."""
