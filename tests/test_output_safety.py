@@ -230,3 +230,50 @@ def test_planar_16_bit_slide_segments_at_its_own_shape(tmp_path, tiny_checkpoint
     out = tmp_path / "planar.zarr"
     assert predict(path, "--out", out, model=tiny_checkpoint) == 0
     assert LabelStore.open(out).levels[0].shape == (300, 256)
+
+
+# -- item 5: thin, small and faint tissue is kept -----------------------------------------------------------------
+
+
+def test_a_thin_strip_of_tissue_is_not_skipped(tmp_path, tiny_checkpoint):
+    import numpy as np
+
+    from napari_histoseg.engine.infer import InferenceSettings
+    from napari_histoseg.engine.jobs import prepare_slide_job
+    from napari_histoseg.io.slide import open_slide
+    from napari_histoseg.model.checkpoint import read_card
+
+    strip = np.tile(tissue_rgb((20, 400))[5:15, 100:300], (1, 500, 1))  # 10 x 100,000 px of tissue
+    path = tmp_path / "strip.tif"
+    tifffile.imwrite(
+        path, strip, photometric="rgb", tile=(16, 1024), resolution=(2e4, 2e4), resolutionunit="CENTIMETER"
+    )
+    with open_slide(path) as slide:
+        job = prepare_slide_job(slide, read_card(tiny_checkpoint), tmp_path / "strip.zarr", InferenceSettings())
+        test = job.tissue_test()
+        assert test(0, 0, 10, 2048) and test(0, 97_952, 10, 100_000)  # both ends are tissue
+
+
+def test_a_small_fragment_on_a_large_slide_is_kept():
+    import numpy as np
+
+    from napari_histoseg.io.tissue import mask_from_rgb
+
+    thumbnail = np.full((2048, 2048, 3), 240, np.uint8)  # a 100,000 px slide's thumbnail: downsample 49
+    thumbnail[1000:1012, 700:712] = tissue_rgb((24, 24))[6:18, 6:18]  # a 600 px (150 um) fragment: 12 x 12 px
+    assert mask_from_rgb(thumbnail, downsample=49)[1006, 706]
+    assert not mask_from_rgb(thumbnail).any()  # the share-of-the-image rule alone drops it
+
+
+def test_a_faint_section_is_kept():
+    import numpy as np
+
+    from napari_histoseg.io.tissue import mask_from_rgb
+
+    rng = np.random.default_rng(0)
+    image = (238 + rng.integers(-3, 4, (600, 600, 3))).astype(np.uint8)  # glass
+    faint = np.array([226, 208, 222]) + rng.integers(-4, 5, (300, 300, 3))  # pale eosin, saturation ~0.08
+    image[150:450, 150:450] = faint.astype(np.uint8)
+    mask = mask_from_rgb(image, downsample=4)
+    assert mask[160:440, 160:440].mean() > 0.95
+    assert mask[:100, :100].mean() < 0.01

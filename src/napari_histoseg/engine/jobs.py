@@ -189,7 +189,7 @@ def prepare_slide_job(
     if settings.skip_background or normalizing:
         thumbnail, thumbnail_downsample = slide_thumbnail(slide)  # read once: it may be built from level 0
         if settings.skip_background:
-            tissue = (mask_from_rgb(thumbnail), thumbnail_downsample)
+            tissue = (mask_from_rgb(thumbnail, thumbnail_downsample), thumbnail_downsample)
         if normalizing:
             normalize = stain_normalizer(card, settings, image_stain_stats(thumbnail), slide.path.name)
     result_settings = {

@@ -17,8 +17,13 @@ __all__ = ["image_stain_stats", "mask_from_rgb", "slide_thumbnail", "tissue_frac
 _MIN_THRESHOLD, _MAX_THRESHOLD = 0.04, 0.15
 #: Near-black pixels (slide edges, scanner borders, dark pen) are not tissue.
 _DARK = 30
-#: Objects smaller than this share of the mask area are dust or debris.
+#: Objects smaller than this share of the mask area are dust or debris...
 _MIN_OBJECT_FRACTION = 2e-4
+#: ... unless they are at least this many level-0 pixels across (squared): a small fragment of tissue is kept
+#: on a large slide, whose thumbnail shrinks it to a few pixels.
+_KEEP_OBJECT_SIDE = 64
+#: Levels narrower than this (a thin strip) are read for the mask at a finer level, within the same pixel budget.
+_MIN_MASK_SIDE = 256
 
 
 def tissue_mask(slide: Slide, *, max_size: int = 2048) -> tuple[np.ndarray, float]:
@@ -31,7 +36,7 @@ def tissue_mask(slide: Slide, *, max_size: int = 2048) -> tuple[np.ndarray, floa
     so borders are kept.
     """
     rgb, downsample = slide_thumbnail(slide, max_size=max_size)
-    return mask_from_rgb(rgb), downsample
+    return mask_from_rgb(rgb, downsample), downsample
 
 
 def slide_thumbnail(slide: Slide, *, max_size: int = 2048) -> tuple[np.ndarray, float]:
@@ -55,14 +60,23 @@ def image_stain_stats(rgb: np.ndarray, *, max_size: int = 2048) -> LabStats | No
 
 
 def _pick_level(slide: Slide, max_size: int) -> int:
+    """The largest level at most ``max_size`` on a side; for a narrow image (a thin strip of tissue, whose lower
+    levels shrink to a pixel or two) the largest level within the same pixel budget, ``max_size`` squared."""
     for i, lv in enumerate(slide.levels):
-        if max(lv.shape[:2]) <= max_size:
+        height, width = lv.shape[:2]
+        if max(height, width) <= max_size:
+            return i
+        if min(height, width) < _MIN_MASK_SIDE and height * width <= max_size * max_size:
             return i
     return len(slide.levels) - 1
 
 
-def mask_from_rgb(rgb: np.ndarray) -> np.ndarray:
-    """The tissue mask of an (H, W, 3) image (the method of :func:`tissue_mask`)."""
+def mask_from_rgb(rgb: np.ndarray, downsample: float | None = None) -> np.ndarray:
+    """The tissue mask of an (H, W, 3) image (the method of :func:`tissue_mask`).
+
+    ``downsample``: level-0 pixels per image pixel; when given, an object of at least
+    ``_KEEP_OBJECT_SIDE`` squared level-0 pixels is kept however small a share of the image it is.
+    """
     rgb = rgb.astype(np.float32)
     high, low = rgb.max(axis=-1), rgb.min(axis=-1)
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1), 0.0)
@@ -71,8 +85,12 @@ def mask_from_rgb(rgb: np.ndarray) -> np.ndarray:
     else:
         threshold = _MAX_THRESHOLD
     mask = (saturation > threshold) & (high > _DARK)
-    mask = ndi.binary_opening(mask, structure=np.ones((2, 2), bool))
-    min_size = max(4, int(_MIN_OBJECT_FRACTION * mask.size))
+    if min(mask.shape) > 2:  # a strip one or two pixels wide would vanish
+        mask = ndi.binary_opening(mask, structure=np.ones((2, 2), bool))
+    min_size = int(_MIN_OBJECT_FRACTION * mask.size)
+    if downsample:
+        min_size = min(min_size, int((_KEEP_OBJECT_SIDE / downsample) ** 2))
+    min_size = max(4, min_size)
     labels, n = ndi.label(mask)
     if n:
         sizes = np.bincount(labels.ravel())
