@@ -277,3 +277,23 @@ def test_a_faint_section_is_kept():
     mask = mask_from_rgb(image, downsample=4)
     assert mask[160:440, 160:440].mean() > 0.95
     assert mask[:100, :100].mean() < 0.01
+
+
+def test_the_segment_widget_job_never_replaces_a_foreign_folder(slide, tmp_path, tiny_checkpoint):
+    import threading
+
+    from napari_histoseg._napari.segment_job import SegmentRequest, segment_job
+    from napari_histoseg.engine.infer import InferenceSettings
+
+    foreign = tmp_path / "s.zarr"
+    foreign.mkdir()
+    (foreign / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    (foreign / "figure.png").write_bytes(b"not histoseg's")
+    request = SegmentRequest("s", tiny_checkpoint, InferenceSettings(block=512), slide_path=slide, out=foreign)
+    with pytest.raises(ValueError, match="s.zarr"):
+        list(segment_job(request, threading.Event()))
+    assert (foreign / "figure.png").read_bytes() == b"not histoseg's"
+    inside = SegmentRequest("s", tiny_checkpoint, InferenceSettings(block=512), slide_path=slide, out=slide)
+    with pytest.raises(ValueError, match="input itself"):
+        list(segment_job(inside, threading.Event()))
+    assert slide.is_file()
