@@ -390,17 +390,70 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--border-sigma", type=float, default=defaults.border_sigma, help="width (px) of the border weight's falloff"
     )
+    p.add_argument(
+        "--freeze-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep BatchNorm statistics fixed (default: when fine-tuning with --init or with batches under 8)",
+    )
+    pts = p.add_argument_group("point-labelled data (input/<name>.png + points/<name>.csv with y,x,class)")
+    pts.add_argument("--points", dest="points_dirs", action="append", metavar="DIR", help="train on it too")
+    pts.add_argument("--points-val", metavar="DIR", help="score it at every validation (joins the selection score)")
+    pts.add_argument("--points-mpp", type=float, help="um/px of the point folders (default: their points.json)")
+    pts.add_argument("--tumor-classes", type=int, nargs="+", help="point classes that are tumor (BRCA-M2C: 2)")
+    pts.add_argument("--exclude-sites", nargs="+", metavar="SITE", help="TCGA site codes to keep out of training")
+    pts.add_argument(
+        "--points-share", type=float, default=defaults.points_share, help="share of patches from point folders"
+    )
+    pts.add_argument("--teacher", help="checkpoint whose cells the points type (default: --init, else bundled)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=cmd_train)
+
+
+def _evaluate_points(args: argparse.Namespace, checkpoint) -> int:
+    from .engine.infer import InferenceSettings
+    from .training.evaluate_points import format_point_result, run_point_evaluation, write_cellularity_plot
+
+    settings = InferenceSettings(
+        opening_radius=args.opening_radius,
+        stain_normalize=not args.no_stain_norm,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=not args.fp32,
+        test_time_flips=args.tta,
+    )
+    result = run_point_evaluation(
+        args.data_dir, checkpoint, settings, mpp=args.mpp, tumor_classes=args.tumor_classes, match_um=args.match_um
+    )
+    if args.plot:
+        try:
+            write_cellularity_plot(result.rows, args.plot, title=f"{Path(args.data_dir).name}: tumor cellularity")
+        except ImportError as err:
+            print(f"note: no plot written ({err})", file=sys.stderr)
+            args.plot = None
+    if args.json:
+        print(result.to_json())
+        return 0
+    print(
+        f"{len(result.rows)} images of {args.data_dir}, model {checkpoint} ({result.seconds:.1f} s); cells paired "
+        f"with points within {result.match_um:g} um"
+    )
+    print(format_point_result(result))
+    if args.plot:
+        print(f"cellularity plot: {args.plot}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.jobs import default_model_path
     from .training.evaluate import format_metrics, run_evaluation
+    from .training.points import is_point_set
 
     checkpoint = args.model or default_model_path()
     if checkpoint is None:
         raise SystemExit("error: no --model given and no bundled default model is installed")
+    if is_point_set(args.data_dir):
+        return _evaluate_points(args, checkpoint)
     result = run_evaluation(
         args.data_dir,
         checkpoint,
@@ -422,8 +475,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _add_evaluate(sub) -> None:
     from .training.evaluate import DEFAULT_OPENING_RADIUS
 
-    p = sub.add_parser("evaluate", help="score a model on folder pairs: Dice, detection F1, type F1")
-    p.add_argument("data_dir", help="folder with input/ and gt/ (and optional inst/ instance maps)")
+    p = sub.add_parser(
+        "evaluate", help="score a model on folder pairs (Dice, detection F1, type F1) or on point-labelled folders"
+    )
+    p.add_argument("data_dir", help="folder with input/ and gt/ (optional inst/), or input/ and points/")
     p.add_argument("--model", help="checkpoint; default: the bundled model")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
@@ -432,6 +487,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--fp32", action="store_true", help=_FP32_HELP)
     p.add_argument("--tta", action="store_true", help=_TTA_HELP)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    pts = p.add_argument_group("point-labelled folders (input/ + points/<name>.csv)")
+    pts.add_argument("--mpp", type=float, help="um/px of the images (default: the folder's points.json)")
+    pts.add_argument("--tumor-classes", type=int, nargs="+", help="point classes that are tumor (BRCA-M2C: 2)")
+    pts.add_argument("--match-um", type=float, default=3.0, help="largest cell-to-point distance that pairs them (um)")
+    pts.add_argument("--plot", metavar="PNG", help="write a scatter plot of per-image tumor cellularity")
     p.set_defaults(func=cmd_evaluate)
 
 

@@ -158,3 +158,42 @@ def write_cellularity_plot(rows: Sequence[ImagePointScore], path: str | Path, ti
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def run_point_evaluation(
+    data_dir: str | Path,
+    checkpoint: str | Path | None,
+    settings: InferenceSettings,
+    *,
+    mpp: float | None = None,
+    tumor_classes: Sequence[int] | None = None,
+    match_um: float = DEFAULT_MATCH_UM,
+    on_event: Callable[[object], None] | None = None,
+) -> PointEvalResult:
+    """``histoseg evaluate`` on a point-labelled folder: read it, load the model, score it (synchronously)."""
+    from ..engine.jobs import load_model
+    from .points import find_point_files, load_point_samples, read_spec
+
+    if not match_um > 0:
+        raise ValueError(f"the pairing distance must be positive (um), got {match_um}")
+    spec = read_spec(data_dir, mpp=mpp, tumor_classes=tumor_classes)
+    samples = load_point_samples(find_point_files(data_dir), spec)
+    model, card = load_model(checkpoint)
+    result = run(evaluate_points(model, card, samples, spec, settings, match_um=match_um), on_event)
+    result.checkpoint = None if checkpoint is None else str(checkpoint)
+    result.data_dir = str(data_dir)
+    return result
+
+
+def format_point_result(result: PointEvalResult) -> str:
+    """The CLI's report: the table by hospital, then the found cells' sizes."""
+    from ..analysis.point_scores import format_table
+
+    a = result.cell_areas_um2
+    sizes = (
+        f"cell areas: median {a['median']:.1f} um^2 (5-95%: {a['p5']:.1f}-{a['p95']:.1f}), "
+        f"{100 * a['under_5_um2']:.1f}% under 5 um^2, {a['cells']} cells"
+        if a.get("cells")
+        else "no cells found"
+    )
+    return f"{format_table(result.by_group)}\n{sizes}"
