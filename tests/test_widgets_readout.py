@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import pytest
 
 from napari_histoseg._napari.segment_widget import SegmentWidget
@@ -27,7 +29,7 @@ def _config_dir(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("widget_class", "attribute", "text"),
-    [(SegmentWidget, "result", SEGMENT_READOUT), (TrainWidget, "status", TRAIN_READOUT)],
+    [(SegmentWidget, "result.details", SEGMENT_READOUT), (TrainWidget, "status", TRAIN_READOUT)],
     ids=["segment", "train"],
 )
 def test_long_readout_wraps_inside_the_dock(make_napari_viewer, qtbot, widget_class, attribute, text) -> None:
@@ -39,12 +41,16 @@ def test_long_readout_wraps_inside_the_dock(make_napari_viewer, qtbot, widget_cl
     viewer.window._qt_window.resize(1400, 900)
     viewer.window.screenshot(flash=False)  # lays the window out, readout empty, as a user first sees it
     width = widget.native.width()
-    readout = getattr(widget, attribute)
-    readout.value = text
+    readout = attrgetter(attribute)(widget)
+    if widget_class is SegmentWidget:
+        widget.result.set_text("Tumor cellularity 13.7% (256 of 1,867 cells)", text)
+        widget.result.section.expanded = True
+    else:
+        readout.value = text
     viewer.window.screenshot(flash=False)
     label = readout.native
     assert widget.native.width() == width <= dock.width()  # the form did not outgrow the dock
-    assert label.geometry().right() <= widget.native.width()
+    assert label.mapTo(widget.native, label.rect().topRight()).x() <= widget.native.width()
     lines = text.splitlines()
     assert max(label.fontMetrics().horizontalAdvance(line) for line in lines) > label.width()  # too wide: ...
     assert label.heightForWidth(label.width()) >= (len(lines) + 1) * label.fontMetrics().lineSpacing()  # ... wraps
@@ -52,12 +58,13 @@ def test_long_readout_wraps_inside_the_dock(make_napari_viewer, qtbot, widget_cl
 
 
 def test_train_form_scrolls_in_a_short_window(make_napari_viewer) -> None:
-    """The Train widget's form is taller than a 900 px window: the dock holds it in a scroll area, so its rows keep
-    their height and the last ones (the pair section, the loss plot) are scrolled to, not cut off."""
+    """With its sections open the Train widget's form is taller than a 700 px window: the dock holds it in a scroll
+    area, so its rows keep their height and the last ones (the pair section) are scrolled to, not cut off."""
     viewer = make_napari_viewer()
     widget = TrainWidget(viewer)
+    widget.advanced.expanded = widget.pairs.expanded = True  # every section open: taller than the window
     dock = viewer.window.add_dock_widget(widget, name="widget", area="right")
-    viewer.window._qt_window.resize(1400, 900)
+    viewer.window._qt_window.resize(1400, 700)
     viewer.window.screenshot(flash=False)
     scroll = dock.widget()
     assert scroll is widget.native and scroll.widget() is widget.plot.parentWidget()

@@ -14,9 +14,7 @@ from pathlib import Path
 from magicgui.widgets import (
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     PushButton,
     RadioButtons,
@@ -31,6 +29,7 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 from napari_histoseg.export_pairs import save_pair, unique_name
 
 from . import layers as L
+from .form import PathField, Section, tip
 from .model_registry import registry_for
 from .readout import readout_label
 from .settings import load_settings, restore, save_settings, snapshot
@@ -40,6 +39,29 @@ SECTION = "train"
 STARTS = ("default model", "checkpoint", "scratch")
 VALIDATION = ("fraction", "folder")
 PAIR_EXTENTS = ("painted area", "current view")
+TIPS = {
+    "train_dir": "a folder with input/<name>.png (H&E images) and gt/<name>_gt.png (masks: black background, red "
+    "tumor, green non-tumor, blue boundary)",
+    "validation": "how to check the model after each epoch: a fraction of the training images held out, or a "
+    "separate folder of pairs",
+    "val_fraction": "share of the training images held out for validation",
+    "val_dir": "a folder of validation pairs (same layout as the training folder)",
+    "start_from": "fine-tune the bundled model, fine-tune a checkpoint, or train a new model from scratch",
+    "init": "the checkpoint to fine-tune (models added or trained in this session are listed)",
+    "width_": "channel width of a new model: 1.0 is the bundled model's size; 0.5 trains about 3x faster",
+    "epochs": "passes over the training images; the best epoch (by validation score) is kept",
+    "out_dir": "where the run folder (checkpoints, metrics.csv) is written; default: next to the training folder",
+    "lr": "learning rate of the optimiser (1e-4 suits fine-tuning; 1e-3 training from scratch)",
+    "batch_size": "patches per training step; larger needs more memory",
+    "patch": "side of the square patches cut from the training images, in pixels",
+    "mpp": "microns per pixel of the training images. Fine-tuning: the model's own resolution unless you know the "
+    "images differ. The model card records it, and Segment resamples slides to it",
+    "device": "where to train: auto picks a GPU (CUDA or Apple MPS) when there is one, else the CPU",
+    "pair_image": "the image layer the training pair's pixels come from",
+    "pair_labels": "a Labels layer painted (or corrected) with classes 1 tumor, 2 non-tumor, 3 boundary",
+    "pair_extent": "save the painted area (the box around painted pixels) or what the canvas shows",
+    "pairs_dir": "the folder the pair is saved to (it gets input/ and gt/); it becomes the training folder",
+}
 
 
 class LossPlot(QWidget):
@@ -95,26 +117,29 @@ class TrainWidget(Container):
     """Train a model from scratch or fine-tune one on folder pairs; add pairs from layers."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True, scrollable=True)  # the form is taller than a laptop's window
+        super().__init__(labels=False, scrollable=True)  # the form is taller than a laptop's window
         self.viewer = napari_viewer
         self.registry = registry_for(napari_viewer)
         self.runner = JobRunner("Training")
         self.last_result = None
 
-        self.train_dir = FileEdit(label="training folder", mode="d")
+        self.train_dir = PathField(label="training folder", mode="d")
         self.validation = RadioButtons(label="validation", choices=VALIDATION, value="fraction")
         self.val_fraction = FloatSpinBox(label="validation fraction", min=0.0, max=0.9, step=0.05, value=0.2)
-        self.val_dir = FileEdit(label="validation folder", mode="d")
+        self.val_dir = PathField(label="validation folder", mode="d")
         self.start_from = ComboBox(label="start from", choices=STARTS, value="checkpoint")
         self.init = ComboBox(label="checkpoint", choices=lambda _w=None: [(e.label, e) for e in self.registry.entries])
-        self.width_ = FloatSpinBox(label="width (scratch)", min=0.25, max=2.0, step=0.25, value=1.0)
+        self.width_ = FloatSpinBox(label="width", min=0.25, max=2.0, step=0.25, value=1.0)
         self.epochs = SpinBox(label="epochs", min=1, max=10_000, value=20)
+        self.out_dir = PathField(label="output folder", mode="d", placeholder="next to the training folder")
         self.lr = LineEdit(label="learning rate", value="1e-4")
         self.batch_size = SpinBox(label="batch size", min=1, max=512, value=8)
         self.patch = SpinBox(label="patch (px)", min=64, max=1024, step=32, value=256)
-        self.mpp = FloatSpinBox(label="image um/px (0: unknown)", min=0.0, max=10.0, step=0.05, value=0.5)
+        self.mpp = FloatSpinBox(label="image um/px", min=0.0, max=10.0, step=0.05, value=0.0)
+        self.mpp.native.setDecimals(3)
+        self.mpp.native.setSpecialValueText("unknown")
+        self.mpp_note = readout_label()
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
-        self.out_dir = FileEdit(label="output folder", mode="d")
         self.run_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel (keep best)", enabled=False)
         self.status = readout_label()
@@ -122,30 +147,105 @@ class TrainWidget(Container):
         self.pair_image = ComboBox(label="image", choices=self._layers(Image))
         self.pair_labels = ComboBox(label="labels (1-3)", choices=self._layers(Labels))
         self.pair_extent = RadioButtons(label="pair from", choices=PAIR_EXTENTS, value=PAIR_EXTENTS[0])
-        self.pairs_dir = FileEdit(label="pairs folder", mode="d")
+        self.pairs_dir = PathField(label="pairs folder", mode="d")
         self.add_pair = PushButton(text="Add training pair")
-        self.extend([
-            self.train_dir, self.validation, self.val_fraction, self.val_dir, self.start_from, self.init,
-            self.width_, self.epochs, self.lr, self.batch_size, self.patch, self.mpp, self.device, self.out_dir,
-            self.run_button, self.cancel_button, self.status,
-        ])  # fmt: skip
-        self.root_native_widget.widget().layout().addWidget(self.plot)
-        self.extend([Label(value="<b>Training pair from layers</b>"), self.pair_image, self.pair_labels,
-                     self.pair_extent, self.pairs_dir, self.add_pair])  # fmt: skip
+        for key, text in TIPS.items():
+            tip(getattr(self, key), text)
+
+        self.form = Container(
+            widgets=[
+                self.train_dir, self.validation, self.val_fraction, self.val_dir, self.start_from, self.init,
+                self.width_, self.epochs, self.mpp, self.mpp_note, self.out_dir,
+            ],
+            labels=True,
+        )  # fmt: skip
+        self.advanced = Section("Advanced", [self.lr, self.batch_size, self.patch, self.device])
+        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.pairs = Section(
+            "Training pair from layers",
+            [self.pair_image, self.pair_labels, self.pair_extent, self.pairs_dir, self.add_pair],
+            tooltip="save an image layer and a Labels layer painted with classes 1-3 as a training pair",
+        )
+        self.form.margins = (0, 0, 0, 0)
+        self.extend([self.form, self.advanced, buttons, self.status, self.pairs])
+        layout = self.root_native_widget.widget().layout()
+        layout.insertWidget(layout.indexOf(self.status.native) + 1, self.plot)  # under the status line
+        layout.addStretch(1)  # rows keep their height at the top; spare height goes below them
         self._persisted = {
             "train_dir": self.train_dir, "validation": self.validation, "val_fraction": self.val_fraction,
             "val_dir": self.val_dir, "start_from": self.start_from, "width": self.width_, "epochs": self.epochs,
-            "lr": self.lr, "batch_size": self.batch_size, "patch": self.patch, "mpp": self.mpp,
-            "device": self.device, "out_dir": self.out_dir, "pairs_dir": self.pairs_dir,
+            "lr": self.lr, "batch_size": self.batch_size, "patch": self.patch, "device": self.device,
+            "out_dir": self.out_dir, "pairs_dir": self.pairs_dir,
         }  # fmt: skip
-        restore(self._persisted, load_settings(SECTION))
+        saved = load_settings(SECTION)
+        restore(self._persisted, saved)
 
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.add_pair.changed.connect(self.save_pair)
         self.registry.changed.connect(lambda _entry: self.init.reset_choices())
+        self.validation.changed.connect(self._update_visibility)
+        self.start_from.changed.connect(self._start_changed)
+        self.init.changed.connect(self._start_changed)
+        self.mpp.changed.connect(self._mpp_edited)
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).connect(self._layers_changed)
+        self._mpp_source = "entered" if saved.get("mpp") else "card"
+        self._start_changed()
+        if saved.get("mpp"):
+            self._set_mpp(float(saved["mpp"]), "entered")
+
+    def _update_visibility(self, _=None) -> None:
+        """Show only the fields that apply: the fraction or the folder; the checkpoint or the width."""
+        folder = self.validation.value == "folder"
+        self.val_fraction.visible, self.val_dir.visible = not folder, folder
+        self.init.visible = self.start_from.value == "checkpoint"
+        self.width_.visible = self.start_from.value == "scratch"
+
+    def _start_model_mpp(self) -> float | None:
+        from napari_histoseg.engine.jobs import default_model_path
+        from napari_histoseg.model.checkpoint import read_card
+
+        if self.start_from.value == "checkpoint" and self.init.value is not None:
+            path = self.init.value.path
+        else:  # the default model, and for a model from scratch the bundled one's data (CoNSeP)
+            path = default_model_path()
+        try:
+            return read_card(path).mpp if path is not None else None
+        except (OSError, ValueError):
+            return None
+
+    def _start_changed(self, _=None) -> None:
+        self._update_visibility()
+        if self._mpp_source == "card":
+            mpp = self._start_model_mpp()
+            self._set_mpp(mpp, "card")
+
+    def _set_mpp(self, mpp: float | None, source: str) -> None:
+        self._mpp_source = source
+        self._loading = True
+        try:
+            self.mpp.value = mpp or 0.0
+        finally:
+            self._loading = False
+        if source == "card":
+            self.mpp_note.value = (
+                f"the model's resolution ({mpp:g} um/px, from its card): the images are taken to be at it"
+                if mpp
+                else "unknown: set the images' microns per pixel"
+            )
+        else:
+            self.mpp_note.value = "entered by you"
+
+    def _mpp_edited(self, _=None) -> None:
+        if getattr(self, "_loading", False):
+            return
+        self._mpp_source = "entered"
+        self.mpp_note.value = "entered by you"
+        saved = load_settings(SECTION)
+        saved["mpp"] = self.mpp.value
+        save_settings(SECTION, saved)
 
     @property
     def native(self):
@@ -166,9 +266,13 @@ class TrainWidget(Container):
         from napari_histoseg.engine.jobs import default_model_path
         from napari_histoseg.training.config import TrainConfig
 
+        if self.train_dir.value is None:
+            raise ValueError("choose a training folder (with input/ and gt/ inside)")
         train_dir = str(self.train_dir.value)
-        if not str(self.train_dir.value).strip() or not Path(train_dir).is_dir() or train_dir == ".":
-            raise ValueError(f"choose a training folder with input/ and gt/ (got {train_dir!r})")
+        if not Path(train_dir).is_dir():
+            raise ValueError(f"the training folder {train_dir} does not exist")
+        if self.validation.value == "folder" and self.val_dir.value is None:
+            raise ValueError("choose a validation folder, or validate on a fraction of the training images")
         try:
             lr = float(self.lr.value)
         except ValueError:
@@ -184,7 +288,7 @@ class TrainWidget(Container):
             init = self.init.value.path
         else:
             width = self.width_.value
-        out_root = Path(self.out_dir.value) if str(self.out_dir.value) not in ("", ".") else Path(train_dir).parent
+        out_root = self.out_dir.value or Path(train_dir).parent
         use_folder = self.validation.value == "folder"
         return TrainConfig(
             train_dir=train_dir,
@@ -262,7 +366,7 @@ class TrainWidget(Container):
     def save_pair(self) -> None:
         """Save the chosen image + labels (painted area or current view) into the pairs folder."""
         image, labels = self.pair_image.value, self.pair_labels.value
-        folder = Path(self.pairs_dir.value) if str(self.pairs_dir.value) not in ("", ".") else None
+        folder = self.pairs_dir.value
         try:
             if image is None or labels is None:
                 raise ValueError("choose an image layer and a Labels layer painted with classes 1-3")
@@ -275,7 +379,7 @@ class TrainWidget(Container):
         except ValueError as exc:
             show_error(f"Cannot add a training pair: {exc}")
             return
-        if str(self.train_dir.value) in ("", "."):
+        if self.train_dir.value is None:
             self.train_dir.value = folder
         save_settings(SECTION, snapshot(self._persisted))
         show_info(f"Added training pair {input_path.stem} ({classes.shape[0]} x {classes.shape[1]} px) to {folder}")
