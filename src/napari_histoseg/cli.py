@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .engine.allocator import tune_cpu_allocator
+from .engine.mpp_option import mpp_option
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".btf", ".ndpi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -129,7 +130,12 @@ def _predict_folder(args, model, card, settings) -> dict:
     for path in images:
         try:
             image = read_image(path)
-            result = run(segment_image(image, model, card, settings, mpp=args.mpp, name=path.name))
+            mpp = args.mpp
+            if mpp == "auto":
+                from .engine.mpp_estimate import auto_mpp
+
+                mpp = auto_mpp(image, name=path.name)
+            result = run(segment_image(image, model, card, settings, mpp=mpp, name=path.name))
             own.add(names[path])
             write_manifest(out, own)  # first: a mask histoseg wrote is known as its own, even if cut short
             _write_png(out / names[path], labels_to_rgb(result.labels))
@@ -163,6 +169,10 @@ def _predict_slide(args, model, card, settings) -> dict:
 
     options = {"level": args.level, "input_mpp": args.mpp, "overwrite": args.overwrite}
     with open_slide(args.input) as slide:
+        if args.mpp == "auto":
+            from .engine.mpp_estimate import auto_mpp
+
+            options["input_mpp"] = auto_mpp(slide.levels, stated=slide.mpp[0], name=slide.path.name)
         if args.scheduler:
             from .engine.distributed import connect, segment_slide_distributed
             from .engine.jobs import default_model_path
@@ -193,7 +203,7 @@ def _check_predict_args(args: argparse.Namespace) -> None:
     """Settings no run can use, refused before any work."""
     import math
 
-    if args.mpp is not None and not (math.isfinite(args.mpp) and args.mpp > 0):
+    if isinstance(args.mpp, float) and not (math.isfinite(args.mpp) and args.mpp > 0):
         raise CliError(f"--mpp {args.mpp}: microns per pixel must be a positive number (e.g. 0.25 or 0.5)")
     if args.batch_size < 1:
         raise CliError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -245,7 +255,12 @@ def _add_predict(sub) -> None:
         help="radius (px at the model's resolution) of the morphological opening, 0 = none",
     )
     p.add_argument("--level", type=int, help="pyramid level to segment (default: the one matching the model)")
-    p.add_argument("--mpp", type=float, help="microns per pixel of level 0, when the file is wrong or silent")
+    p.add_argument(
+        "--mpp",
+        type=mpp_option,
+        help="microns per pixel of level 0, when the file is wrong or silent; 'auto': the file's, or else estimated "
+        "from the size of the nuclei",
+    )
     p.add_argument("--probabilities", action="store_true", help="also store class probabilities")
     p.add_argument("--no-tissue-skip", action="store_true", help="segment background blocks too")
     p.add_argument("--no-stain-norm", action="store_true", help=_NO_STAIN_HELP)

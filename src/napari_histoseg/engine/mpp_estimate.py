@@ -1,0 +1,240 @@
+"""Estimate an image's resolution (microns per pixel) from the size of its nuclei.
+
+A slide that states no resolution would be segmented at the wrong scale. Nuclei have a typical size, so the scale
+can be read off the image: segment a few tissue tiles with the model at an assumed resolution, measure the median
+nucleus area, and rescale the assumption by the square root of (typical area / measured area); repeat from the new
+assumption until it settles. The typical area is what the bundled model measures at its own resolution on its
+training images (CoNSeP, 0.25 um/px), so the model's own size bias cancels out.
+
+The estimate's confidence comes from how well it settled, how many nuclei were measured and how far the tiles
+agree with each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from ..classes import NON_TUMOR, TUMOR
+from .infer import InferenceSettings
+from .jobs import segment_image
+
+log = logging.getLogger(__name__)
+
+#: Median nucleus area (um^2) the bundled model finds on CoNSeP train images at 0.25 um/px
+#: (``python scripts/calibrate_mpp_estimate.py --calibrate --n 6``: 905 nuclei on 6 regions of 768 px; per region
+#: 8.0-13.1). Smaller than a real nucleus: the model's cells stop at their blue boundary ring.
+TYPICAL_NUCLEUS_UM2 = 11.7
+MIN_NUCLEUS_UM2 = 4.0  # smaller specks are not counted
+TILE_MODEL_PX = 384  # side of a measured tile, in pixels at the model's resolution
+MPP_RANGE = (0.1, 2.0)
+START_MPP = 0.5  # 20x, the commonest scan; the search moves from there
+
+
+@dataclass(frozen=True)
+class MppEstimate:
+    """An estimated resolution with how far to trust it."""
+
+    mpp: float
+    confidence: str  # "high", "medium" or "low"
+    nuclei: int
+    tiles: int
+    spread: float  # relative spread (interquartile range / median) of the per-tile estimates
+    steps: list[float]  # the assumed resolutions, in order
+
+    @property
+    def text(self) -> str:
+        """e.g. "0.49 um/px (confidence high: 412 nuclei on 4 tiles, tiles agree within 6%)"."""
+        return (
+            f"{self.mpp:.3g} um/px (confidence {self.confidence}: {self.nuclei:,} nuclei on {self.tiles} tiles, "
+            f"tiles agree within {100 * self.spread:.0f}%)"
+        )
+
+
+@dataclass(frozen=True)
+class EstimateProgress:
+    """One tile measured (``done`` of ``total`` over all steps)."""
+
+    done: int
+    total: int
+
+
+def tissue_tile_centres(image, n: int, tile_px: int, *, seed: int = 0) -> list[tuple[int, int]]:
+    """Up to ``n`` level-0 centres of tiles of ``tile_px`` that lie on tissue (spread over the image).
+
+    ``image``: (H, W, 3) array-like (numpy, dask, zarr) at level 0, or a list of pyramid levels (level 0 first);
+    the tissue mask is computed on the smallest level (or a strided sample) of at most ~2048 px.
+    """
+    from ..io.tissue import mask_from_rgb
+
+    levels = list(image) if isinstance(image, (list, tuple)) else [image]
+    h, w = int(levels[0].shape[0]), int(levels[0].shape[1])
+    small = min(levels, key=lambda lv: lv.shape[0] * lv.shape[1])
+    step = max(1, int(math.ceil(max(small.shape[:2]) / 2048)))
+    thumb = _as_numpy(small[::step, ::step])[..., :3]
+    down = h / thumb.shape[0]
+    mask = mask_from_rgb(thumb)
+    if not mask.any():
+        mask = np.ones_like(mask)
+    cell = max(1, int(round(tile_px / down)))
+    gh, gw = max(1, mask.shape[0] // cell), max(1, mask.shape[1] // cell)
+    fractions = mask[: gh * cell, : gw * cell].reshape(gh, cell, gw, cell).mean(axis=(1, 3)) if cell > 1 else None
+    if fractions is None or gh * gw <= n:
+        ys = np.linspace(tile_px / 2, max(tile_px / 2, h - tile_px / 2), max(1, min(n, 2)))
+        xs = np.linspace(tile_px / 2, max(tile_px / 2, w - tile_px / 2), max(1, math.ceil(n / len(ys))))
+        return [(int(y), int(x)) for y in ys for x in xs][:n]
+    order = np.argsort(-fractions.ravel(), kind="stable")
+    good = [i for i in order if fractions.ravel()[i] >= 0.7] or list(order[: max(n, 1)])
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(good, size=min(n, len(good)), replace=False).tolist())
+    return [(int((i // gw + 0.5) * cell * down), int((i % gw + 0.5) * cell * down)) for i in picked]
+
+
+def _as_numpy(array) -> np.ndarray:
+    if hasattr(array, "compute"):
+        array = array.compute(scheduler="threads")
+    return np.asarray(array)
+
+
+def crop_origin(shape, centre: tuple[int, int], size: int) -> tuple[int, int, int]:
+    """``(y0, x0, size)`` of the square crop of ``size`` around ``centre``, moved and shrunk to fit the image."""
+    h, w = int(shape[0]), int(shape[1])
+    size = min(size, h, w)
+    return int(np.clip(centre[0] - size // 2, 0, h - size)), int(np.clip(centre[1] - size // 2, 0, w - size)), size
+
+
+def read_tile(level0, centre: tuple[int, int], size: int) -> np.ndarray:
+    """The (size, size, 3) crop around ``centre``, clipped to the image (so possibly smaller)."""
+    y0, x0, size = crop_origin(level0.shape, centre, size)
+    return _as_numpy(level0[y0 : y0 + size, x0 : x0 + size])[..., :3]
+
+
+def resample(tile: np.ndarray, factor: float) -> np.ndarray:
+    """Resize an (h, w, 3) uint8 tile by ``factor`` (bilinear, antialiased when shrinking)."""
+    if abs(factor - 1) < 1e-3:
+        return tile
+    x = torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1)[None].float()
+    size = (max(8, int(round(tile.shape[0] * factor))), max(8, int(round(tile.shape[1] * factor))))
+    y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
+    return y[0].permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).numpy()
+
+
+def nucleus_areas(labels: np.ndarray, min_px: int) -> np.ndarray:
+    """Areas (px) of the cells (tumor or non-tumor connected components) of a label map, specks dropped."""
+    cells = (labels == TUMOR) | (labels == NON_TUMOR)
+    components, n = ndi.label(cells)
+    if not n:
+        return np.zeros(0, np.int64)
+    areas = np.bincount(components.ravel())[1:]
+    return areas[areas >= min_px]
+
+
+def estimate_mpp_job(
+    image,
+    model: torch.nn.Module,
+    card,
+    *,
+    settings: InferenceSettings | None = None,
+    tiles: int = 4,
+    steps: int = 4,
+    start_mpp: float = START_MPP,
+    typical_um2: float = TYPICAL_NUCLEUS_UM2,
+    cancel: threading.Event | None = None,
+) -> Generator[EstimateProgress, None, MppEstimate]:
+    """Generator: yields :class:`EstimateProgress` per tile, returns the :class:`MppEstimate` of ``image``.
+
+    ``image``: level 0 (H, W, 3) array-like or a list of pyramid levels. ``card.mpp`` is the model's resolution.
+    """
+    if not card.mpp:
+        raise ValueError("the model card states no resolution (mpp): it cannot measure one")
+    settings = settings or InferenceSettings(tile=256, overlap=0.25, opening_radius=2, skip_background=False)
+    levels = list(image) if isinstance(image, (list, tuple)) else [image]
+    level0 = levels[0]
+    centres = tissue_tile_centres(levels, tiles, int(TILE_MODEL_PX * card.mpp / start_mpp * 2))
+    min_px = max(4, int(MIN_NUCLEUS_UM2 / card.mpp**2))
+    mpp, history, done = float(start_mpp), [], 0
+    per_tile: list[float] = []
+    nuclei = 0
+    for _ in range(steps):
+        history.append(mpp)
+        size = int(round(TILE_MODEL_PX * card.mpp / mpp))  # image px that make TILE_MODEL_PX at the model's scale
+        per_tile, nuclei, all_areas = [], 0, []
+        boxes = {crop_origin(level0.shape, c, size): c for c in centres}  # a small image: one crop, not four
+        for centre in boxes.values():
+            if cancel is not None and cancel.is_set():
+                return None
+            tile = resample(read_tile(level0, centre, size), mpp / card.mpp)
+            result = None
+            job = segment_image(tile, model, card, settings, mpp=card.mpp, name="estimate")
+            for event in job:
+                result = event
+            areas = nucleus_areas(result.labels, min_px)
+            done += 1
+            yield EstimateProgress(done, steps * len(boxes))
+            if len(areas) >= 3:
+                um2 = float(np.median(areas)) * card.mpp**2
+                per_tile.append(mpp * math.sqrt(typical_um2 / um2))
+            nuclei += len(areas)
+            all_areas.append(areas)
+        areas = np.concatenate(all_areas) if all_areas else np.zeros(0)
+        if len(areas) < 5:
+            new = mpp * 1.6 if mpp < 1 else mpp / 3  # nothing recognisable: try another scale
+        else:
+            new = mpp * math.sqrt(typical_um2 / (float(np.median(areas)) * card.mpp**2))
+        new = float(np.clip(new, *MPP_RANGE))
+        settled = abs(new - mpp) / mpp < 0.03
+        mpp = new
+        if settled:
+            break
+    history.append(mpp)
+    spread = _spread(per_tile)
+    change = abs(history[-1] - history[-2]) / history[-1]
+    return MppEstimate(mpp, _confidence(change, nuclei, spread), nuclei, len(per_tile), spread, history)
+
+
+def _spread(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 1.0
+    q1, med, q3 = np.percentile(values, [25, 50, 75])
+    return float((q3 - q1) / med) if med else 1.0
+
+
+def _confidence(change: float, nuclei: int, spread: float) -> str:
+    if change < 0.05 and nuclei >= 100 and spread < 0.15:
+        return "high"
+    if change < 0.15 and nuclei >= 30 and spread < 0.35:
+        return "medium"
+    return "low"
+
+
+def estimate_mpp(image, model: torch.nn.Module, card, **kwargs) -> MppEstimate:
+    """:func:`estimate_mpp_job` run to the end."""
+    gen = estimate_mpp_job(image, model, card, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def auto_mpp(image, *, stated: float | None = None, name: str = "image") -> float:
+    """``--mpp auto``: the resolution the file states, or else an estimate from the image (logged with its
+    confidence). The nuclei are measured with the bundled model, on which :data:`TYPICAL_NUCLEUS_UM2` was measured.
+    """
+    if stated:
+        log.info("%s: %g um/px, as the file states", name, stated)
+        return float(stated)
+    from .jobs import load_model
+
+    model, card = load_model(None)
+    estimate = estimate_mpp(image, model, card)
+    log.warning("%s states no resolution; estimated %s", name, estimate.text)
+    return estimate.mpp
