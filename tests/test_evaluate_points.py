@@ -47,6 +47,9 @@ def test_evaluate_a_point_folder_prints_sites_and_writes_the_plot(tmp_path, tiny
     result = json.loads(capsys.readouterr().out)
     assert set(result["by_group"]) == {"all", "A7", "AC"} and len(result["rows"]) == 3
     assert result["rows"][0]["points"] > 0
+    args = ["evaluate", str(root), "--model", str(tiny_model), "--mpp", "0.25", "--tumor-classes", "2", "--json"]
+    assert main([*args, "--sites", "AC"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["by_group"]) == {"all", "AC"}
 
 
 def test_evaluate_a_point_folder_without_tumor_classes_is_a_one_line_error(tmp_path, tiny_model, capsys):

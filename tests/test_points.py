@@ -88,6 +88,9 @@ def test_problems_of_several_files_are_collected_and_sites_can_be_left_out(tmp_p
     other = write_point_set(tmp_path / "other", n=1, prefix="TCGA-B2-Y", metadata={"tumor_classes": [2]})
     with pytest.raises(DatasetError, match="no point-labelled images left"):
         load_point_samples(find_point_files(other), read_spec(other), exclude_sites=["b2"])
+    assert len(load_point_samples(find_point_files(other), read_spec(other), only_sites=["B2"])) == 1
+    with pytest.raises(DatasetError, match="keeping only sites"):
+        load_point_samples(find_point_files(other), read_spec(other), only_sites=["A7"])
 
 
 def test_site_of_names():

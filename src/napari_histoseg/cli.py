@@ -438,7 +438,13 @@ def _evaluate_points(args: argparse.Namespace, checkpoint) -> int:
         test_time_flips=args.tta,
     )
     result = run_point_evaluation(
-        args.data_dir, checkpoint, settings, mpp=args.mpp, tumor_classes=args.tumor_classes, match_um=args.match_um
+        args.data_dir,
+        checkpoint,
+        settings,
+        mpp=args.mpp,
+        tumor_classes=args.tumor_classes,
+        match_um=args.match_um,
+        sites=args.sites,
     )
     if args.plot:
         try:
@@ -506,6 +512,7 @@ def _add_evaluate(sub) -> None:
     pts.add_argument("--mpp", type=float, help="um/px of the images (default: the folder's points.json)")
     pts.add_argument("--tumor-classes", type=int, nargs="+", help="point classes that are tumor (BRCA-M2C: 2)")
     pts.add_argument("--match-um", type=float, default=3.0, help="largest cell-to-point distance that pairs them (um)")
+    pts.add_argument("--sites", nargs="+", metavar="SITE", help="score only the images of these TCGA sites")
     pts.add_argument("--plot", metavar="PNG", help="write a scatter plot of per-image tumor cellularity")
     p.set_defaults(func=cmd_evaluate)
 

@@ -168,16 +168,18 @@ def run_point_evaluation(
     mpp: float | None = None,
     tumor_classes: Sequence[int] | None = None,
     match_um: float = DEFAULT_MATCH_UM,
+    sites: Sequence[str] | None = None,
     on_event: Callable[[object], None] | None = None,
 ) -> PointEvalResult:
-    """``histoseg evaluate`` on a point-labelled folder: read it, load the model, score it (synchronously)."""
+    """``histoseg evaluate`` on a point-labelled folder (only the images of ``sites`` when given): read it, load
+    the model, score it (synchronously)."""
     from ..engine.jobs import load_model
     from .points import find_point_files, load_point_samples, read_spec
 
     if not match_um > 0:
         raise ValueError(f"the pairing distance must be positive (um), got {match_um}")
     spec = read_spec(data_dir, mpp=mpp, tumor_classes=tumor_classes)
-    samples = load_point_samples(find_point_files(data_dir), spec)
+    samples = load_point_samples(find_point_files(data_dir), spec, only_sites=sites)
     model, card = load_model(checkpoint)
     result = run(evaluate_points(model, card, samples, spec, settings, match_um=match_um), on_event)
     result.checkpoint = None if checkpoint is None else str(checkpoint)

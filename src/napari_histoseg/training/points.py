@@ -177,14 +177,21 @@ def read_points(path: str | Path, shape: tuple[int, int] | None = None) -> tuple
 
 
 def load_point_samples(
-    files: Sequence[PointFile], spec: PointSpec, *, exclude_sites: Iterable[str] = ()
+    files: Sequence[PointFile],
+    spec: PointSpec,
+    *,
+    exclude_sites: Iterable[str] = (),
+    only_sites: Iterable[str] | None = None,
 ) -> list[PointSample]:
-    """Decode every image and its points (images of ``exclude_sites`` skipped); problems raised together."""
+    """Decode every image and its points (images of ``exclude_sites`` skipped; with ``only_sites``, only images of
+    those sites kept); problems raised together."""
     excluded = {s.upper() for s in exclude_sites}
+    only = None if only_sites is None else {s.upper() for s in only_sites}
     samples: list[PointSample] = []
     problems: list[str] = []
     for file in files:
-        if site_of(file.name).upper() in excluded:
+        site = site_of(file.name).upper()
+        if site in excluded or (only is not None and site not in only):
             continue
         try:
             image = read_image(file.image)
@@ -196,5 +203,6 @@ def load_point_samples(
     if problems:
         raise DatasetError(problems)
     if not samples:
-        raise DatasetError(f"no point-labelled images left after excluding sites {sorted(excluded)}")
+        kept = f"keeping only sites {sorted(only)}" if only is not None else f"excluding sites {sorted(excluded)}"
+        raise DatasetError(f"no point-labelled images left after {kept}")
     return samples
