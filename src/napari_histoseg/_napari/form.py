@@ -12,16 +12,23 @@ from pathlib import Path
 from magicgui.widgets import Container, Label, PushButton, Widget
 from psygnal import Signal
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFileDialog, QSizePolicy
+from qtpy.QtWidgets import QComboBox, QFileDialog, QSizePolicy
 from superqt import QElidingLabel
 
 NARROW_DOCK_PX = 360
+MIN_COMBO_CHARS = 12
 OPEN, CLOSED = "\u25be", "\u25b8"  # small triangles: down, right
 
 
 def tip(widget: Widget, text: str) -> Widget:
-    """Set a tooltip on a magicgui widget (and on its label, which magicgui builds from it); return the widget."""
+    """Set a tooltip on a magicgui widget (and on its label, which magicgui builds from it); return the widget.
+
+    A combo box is also kept narrow: a long layer or model name is elided instead of widening the dock.
+    """
     widget.tooltip = text
+    if isinstance(widget.native, QComboBox):
+        widget.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        widget.native.setMinimumContentsLength(MIN_COMBO_CHARS)
     return widget
 
 

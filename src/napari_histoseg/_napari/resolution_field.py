@@ -34,9 +34,10 @@ def layer_mpp(layer) -> tuple[float | None, str]:
 class ResolutionField(Container):
     """A microns-per-pixel spin box (0 = unknown) with an Estimate button and a line saying where the value is from."""
 
-    def __init__(self, label: str = "resolution (um/px)"):
+    def __init__(self, label: str = "resolution"):
         self.spin = FloatSpinBox(min=0.0, max=20.0, step=0.01, value=0.0)
         self.spin.native.setDecimals(3)
+        self.spin.native.setSuffix(" um/px")
         self.spin.native.setSpecialValueText("unknown")
         self.estimate = PushButton(text="Estimate")
         tip(

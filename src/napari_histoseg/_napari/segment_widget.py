@@ -27,6 +27,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_histoseg.export_pairs import safe_name
 
 from . import layers as L
+from .edits import on_edits_settled
 from .form import PathField, Section, tip
 from .job_meter import JobMeter, MeterReading
 from .model_registry import registry_for
@@ -74,6 +75,8 @@ TIPS = {
     "overlap": "fraction by which neighbouring tiles overlap (blended, so no seams show)",
     "opening": "radius (px at the model's resolution) of the morphological opening that removes specks",
     "block": "slides: size of the blocks read, written and resumed as one unit",
+    "run_button": "segment the chosen image (or the part chosen under 'segment') in the background",
+    "cancel_button": "stop within a few seconds; finished tiles and blocks are kept and shown",
     "scheduler": "slides only: a dask scheduler address (tcp://host:8786) or local:N to spread the blocks over "
     "workers; empty: this process",
 }
@@ -440,6 +443,7 @@ class SegmentWidget(Container):
                 outline=self.outline.value,
             )
         self._pixels = format_counts(counts)
+        on_edits_settled(self.last_layer, self._edited)  # the readout follows the user's corrections
         if cancelled:
             self.result.set_text("Cancelled: finished blocks kept", self._pixels)
             show_info(f"Segmentation of {request.name} cancelled; finished blocks are kept")
@@ -448,6 +452,18 @@ class SegmentWidget(Container):
             self.measure_cells(self.last_layer)
         else:
             self.result.set_text(pixel_headline(counts), self._pixels)
+
+    def _edited(self, labels) -> None:
+        """The user edited a result: recount it, so the readout says what the layer now holds."""
+        if labels not in self.viewer.layers:
+            return
+        if not labels.multiscale:
+            counts = L.array_counts(labels.data)
+            self._pixels = format_counts(counts)
+            if not self.measure.value:
+                self.result.set_text(pixel_headline(counts), self._pixels)
+        if self.measure.value:
+            self.measure_cells(labels)
 
     def measure_cells(self, labels) -> None:
         """Count cells and tumor cellularity of a result (and of each region of the Shapes layer) in a worker."""

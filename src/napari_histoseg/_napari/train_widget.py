@@ -29,6 +29,7 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 from napari_histoseg.export_pairs import save_pair, unique_name
 
 from . import layers as L
+from .edits import review_of_pair
 from .form import PathField, Section, tip
 from .model_registry import registry_for
 from .readout import readout_label
@@ -51,7 +52,7 @@ TIPS = {
     "width_": "channel width of a new model: 1.0 is the bundled model's size; 0.5 trains about 3x faster",
     "epochs": "passes over the training images; the best epoch (by validation score) is kept",
     "out_dir": "where the run folder (checkpoints, metrics.csv) is written; default: next to the training folder",
-    "lr": "learning rate of the optimiser (1e-4 suits fine-tuning; 1e-3 training from scratch)",
+    "lr": "learning rate of the optimiser; auto: 2e-5 with Adam and a warm-up when fine-tuning, 1e-4 from scratch",
     "batch_size": "patches per training step; larger needs more memory",
     "patch": "side of the square patches cut from the training images, in pixels",
     "mpp": "microns per pixel of the training images. Fine-tuning: the model's own resolution unless you know the "
@@ -60,6 +61,9 @@ TIPS = {
     "pair_image": "the image layer the training pair's pixels come from",
     "pair_labels": "a Labels layer painted (or corrected) with classes 1 tumor, 2 non-tumor, 3 boundary",
     "pair_extent": "save the painted area (the box around painted pixels) or what the canvas shows",
+    "run_button": "train in the background; the loss and validation score of every epoch are plotted below",
+    "cancel_button": "stop after the current step; the best checkpoint so far is kept and listed in Segment",
+    "add_pair": "save the image pixels and painted labels as input/<name>.png and gt/<name>_gt.png",
     "pairs_dir": "the folder the pair is saved to (it gets input/ and gt/); it becomes the training folder",
 }
 
@@ -132,7 +136,7 @@ class TrainWidget(Container):
         self.width_ = FloatSpinBox(label="width", min=0.25, max=2.0, step=0.25, value=1.0)
         self.epochs = SpinBox(label="epochs", min=1, max=10_000, value=20)
         self.out_dir = PathField(label="output folder", mode="d", placeholder="next to the training folder")
-        self.lr = LineEdit(label="learning rate", value="1e-4")
+        self.lr = LineEdit(label="learning rate", value="auto")
         self.batch_size = SpinBox(label="batch size", min=1, max=512, value=8)
         self.patch = SpinBox(label="patch (px)", min=64, max=1024, step=32, value=256)
         self.mpp = FloatSpinBox(label="image um/px", min=0.0, max=10.0, step=0.05, value=0.0)
@@ -265,6 +269,7 @@ class TrainWidget(Container):
         """The :class:`TrainConfig` the form describes (raises ``ValueError`` naming the problem)."""
         from napari_histoseg.engine.jobs import default_model_path
         from napari_histoseg.training.config import TrainConfig
+        from napari_histoseg.training.corrections import FINETUNE_DEFAULTS
 
         if self.train_dir.value is None:
             raise ValueError("choose a training folder (with input/ and gt/ inside)")
@@ -274,9 +279,9 @@ class TrainWidget(Container):
         if self.validation.value == "folder" and self.val_dir.value is None:
             raise ValueError("choose a validation folder, or validate on a fraction of the training images")
         try:
-            lr = float(self.lr.value)
+            lr = None if self.lr.value.strip().lower() in ("", "auto") else float(self.lr.value)
         except ValueError:
-            raise ValueError(f"learning rate {self.lr.value!r} is not a number") from None
+            raise ValueError(f"learning rate {self.lr.value!r} is not a number (or auto)") from None
         init, width = None, None
         if self.start_from.value == "default model":
             init = default_model_path()
@@ -289,6 +294,10 @@ class TrainWidget(Container):
         else:
             width = self.width_.value
         out_root = self.out_dir.value or Path(train_dir).parent
+        # Fine-tuning: a gentle optimiser with a warm-up (docs/fine-tuning.md); "auto" learning rate: its default.
+        finetune = {k: v for k, v in FINETUNE_DEFAULTS.items() if k != "lr"}
+        if lr is None:
+            lr = FINETUNE_DEFAULTS["lr"] if init is not None else 1e-4
         use_folder = self.validation.value == "folder"
         return TrainConfig(
             train_dir=train_dir,
@@ -304,6 +313,7 @@ class TrainWidget(Container):
             device=self.device.value,
             model_mpp=self.mpp.value or None,
             num_workers=0,  # no loader processes forked from inside napari
+            **(finetune if init is not None else {}),
         ).validated()
 
     def start(self) -> None:
@@ -325,7 +335,7 @@ class TrainWidget(Container):
             lambda cancel: train(config, should_stop=cancel.is_set),
             on_event=self._event,
             on_done=self._done,
-            on_error=lambda exc: show_error(f"Training failed: {exc}"),
+            on_error=self._failed,
             on_finished=self._finished,
             label=Path(config.out).name,
             stop_on_cancel=False,
@@ -336,6 +346,10 @@ class TrainWidget(Container):
         """Stop after the current step; the best checkpoint so far is kept and listed."""
         self.runner.cancel()
         self.cancel_button.enabled = False
+
+    def _failed(self, exc: Exception) -> None:
+        self.status.value = f"failed: {exc}"  # the status line says it too: a pop-up may be clipped
+        show_error(f"Training failed: {exc}")
 
     def _finished(self) -> None:
         self.run_button.enabled, self.cancel_button.enabled = True, False
@@ -374,8 +388,9 @@ class TrainWidget(Container):
                 raise ValueError("choose a pairs folder (it gets input/ and gt/)")
             box = L.visible_box(self.viewer, labels) if self.pair_extent.value == "current view" else None
             pixels, classes = L.pair_arrays(image, labels, box)
+            reviewed, mpp = review_of_pair(image, labels, box, classes)  # only the corrected cells will teach
             name = unique_name(folder, image.name)
-            input_path, _ = save_pair(pixels, classes, folder, name)
+            input_path, _ = save_pair(pixels, classes, folder, name, reviewed=reviewed, mpp=mpp)
         except ValueError as exc:
             show_error(f"Cannot add a training pair: {exc}")
             return
