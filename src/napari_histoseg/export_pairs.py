@@ -1,11 +1,15 @@
 """Save an image and its class labels as a training pair: ``DIR/input/<name>.png`` + ``DIR/gt/<name>_gt.png``.
 
 This is how a corrected prediction becomes training data: the gt file is colour-coded with ``CLASS_COLORS`` so it
-reads back with :func:`napari_histoseg.training.data.read_mask` exactly.
+reads back with :func:`napari_histoseg.training.data.read_mask` exactly. A corrected prediction also saves
+``DIR/reviewed/<name>.png`` (the pixels the user changed or confirmed, white; only they teach, see
+``training.corrections``) and ``DIR/meta/<name>.json`` (the image's own microns per pixel).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 from pathlib import Path
@@ -69,6 +73,23 @@ def _as_labels(labels: np.ndarray, name: str) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
+def reviewed_from_edits(labels: np.ndarray, edited: np.ndarray, grow: int = 2) -> np.ndarray:
+    """The pixels a user reviewed, from the pixels they edited: every cell an edit touched, whole (a cell is a
+    connected region of classes 1-3 in the corrected ``labels``), plus the edited pixels themselves (an erased
+    cell is reviewed background), grown by ``grow`` px so that where each cell ends is taught too."""
+    from scipy import ndimage as ndi
+
+    labels, edited = np.asarray(labels), np.asarray(edited, dtype=bool)
+    if labels.shape != edited.shape:
+        raise ValueError(f"labels {labels.shape} and edited pixels {edited.shape} differ in size")
+    cells, _ = ndi.label(labels > 0)
+    touched = np.unique(cells[edited & (cells > 0)])
+    reviewed = edited | np.isin(cells, touched[touched > 0])
+    if grow > 0 and reviewed.any():
+        reviewed = ndi.binary_dilation(reviewed, iterations=int(grow))
+    return reviewed
+
+
 def pair_paths(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
     """Where the pair ``name`` goes under ``folder``: (input png, gt png)."""
     folder = Path(folder)
@@ -79,7 +100,10 @@ def unique_name(folder: str | os.PathLike, name: str) -> str:
     """``name`` made file-safe, with ``_2``, ``_3``... appended when a pair of that name exists in ``folder``."""
     base = safe_name(name)
     candidate, k = base, 1
-    while any(p.exists() for p in pair_paths(folder, candidate)):
+    while (
+        any(p.exists() for p in pair_paths(folder, candidate))
+        or (Path(folder) / "reviewed" / f"{candidate}.png").exists()
+    ):
         k += 1
         candidate = f"{base}_{k}"
     return candidate
@@ -93,11 +117,17 @@ def save_pair(
     *,
     overwrite: bool = False,
     require_labels: bool = True,
+    reviewed: np.ndarray | None = None,
+    mpp: float | None = None,
 ) -> tuple[Path, Path]:
     """Write ``image`` (H, W, 3) and ``labels`` (H, W, classes 0..3) as a folder pair; return both paths.
 
+    ``reviewed`` (H, W) bool marks what the user corrected or confirmed (e.g. :func:`reviewed_from_edits`): it is
+    saved as ``reviewed/<name>.png`` and training then learns from those pixels only. ``mpp`` (the image's
+    microns per pixel) is saved in ``meta/<name>.json``; training resamples the pair to the model's resolution.
     Raises :class:`PairExportError` for mismatched shapes, values outside the classes, an all-background
-    label array (when ``require_labels``), or an existing pair of that name (unless ``overwrite``).
+    label array (when ``require_labels``), an empty ``reviewed`` mask, or an existing pair of that name (unless
+    ``overwrite``).
     """
     from PIL import Image
 
@@ -107,6 +137,14 @@ def save_pair(
         raise PairExportError(f"{name}: image {rgb.shape[:2]} and labels {classes.shape} differ in size")
     if require_labels and not classes.any():
         raise PairExportError(f"{name}: the labels are all background; paint classes 1-3 before adding a pair")
+    if reviewed is not None:
+        reviewed = np.asarray(reviewed, dtype=bool)
+        if reviewed.shape != classes.shape:
+            raise PairExportError(f"{name}: reviewed pixels {reviewed.shape} and labels {classes.shape} differ in size")
+        if not reviewed.any():
+            raise PairExportError(f"{name}: nothing was corrected or marked reviewed in this area")
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise PairExportError(f"{name}: the image's resolution must be a positive um/px, got {mpp!r}")
     input_path, gt_path = pair_paths(folder, safe_name(name))
     if not overwrite:
         existing = [str(p) for p in (input_path, gt_path) if p.exists()]
@@ -116,4 +154,15 @@ def save_pair(
     gt_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(input_path)
     Image.fromarray(labels_to_rgb(classes)).save(gt_path)
+    stem = safe_name(name)
+    for sub, suffix, keep in (("reviewed", ".png", reviewed is not None), ("meta", ".json", mpp is not None)):
+        path = Path(folder) / sub / f"{stem}{suffix}"
+        if keep:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if sub == "reviewed":
+                Image.fromarray(reviewed.astype(np.uint8) * 255).save(path)
+            else:
+                path.write_text(json.dumps({"mpp": float(mpp)}) + "\n")
+        elif overwrite and path.exists():
+            path.unlink()  # a replaced pair must not keep the old pair's mask or resolution
     return input_path, gt_path

@@ -73,11 +73,21 @@ def store_layer_data(store: LabelStore, image: Image) -> tuple[list, dict]:
 
 
 def find_result_layer(viewer, image: Image) -> Labels | None:
-    """The Labels layer holding an earlier result for ``image``, if any."""
+    """The Labels layer holding an earlier result for ``image``, if any; never one the user has edited (its
+    corrections are kept: a new result goes to a new layer)."""
+    from .edits import was_edited
+
     for layer in reversed(viewer.layers):
-        if isinstance(layer, Labels) and layer.metadata.get(SOURCE_KEY) == image.name:
+        if isinstance(layer, Labels) and layer.metadata.get(SOURCE_KEY) == image.name and not was_edited(layer):
             return layer
     return None
+
+
+def track_edits(layer: Labels) -> Labels:
+    """Watch the result layer for the user's edits (``edits``)."""
+    from .edits import track_edits as _track
+
+    return _track(layer)
 
 
 def show_labels(
@@ -100,6 +110,14 @@ def show_labels(
     if not geometry:
         geometry = _geometry(image)
     layer = find_result_layer(viewer, image) if replace else None
+    if layer is None and replace:
+        from napari.utils.notifications import show_info
+
+        from .edits import was_edited
+
+        edited = [lay.name for lay in viewer.layers if lay.metadata.get(SOURCE_KEY) == image.name and was_edited(lay)]
+        if edited:
+            show_info(f"{edited[-1]!r} holds your corrections: the new result goes to a new layer")
     if layer is not None and bool(layer.multiscale) == bool(multiscale):
         layer.data = data
         layer.scale, layer.translate = geometry["scale"], geometry["translate"]
@@ -107,7 +125,7 @@ def show_labels(
         layer.contour = OUTLINE_PX if outline else 0
         layer.features = class_features()
         layer.refresh()
-        return layer
+        return track_edits(layer)
     if layer is not None:  # in-memory <-> multiscale: a layer cannot change kind, so swap it in place
         index = viewer.layers.index(layer)
         viewer.layers.remove(layer)
@@ -125,6 +143,7 @@ def show_labels(
         **geometry,
     )
     new.contour = OUTLINE_PX if outline else 0
+    track_edits(new)
     if index is None:
         viewer.add_layer(new)
     else:

@@ -230,9 +230,10 @@ class JobRunner:
                 return
             if bar.total != total:
                 bar.total = total
-            bar.n = min(done, total) if total else done
+            target = min(done, total) if total else done
+            if target != bar.n:
+                bar.update(target - bar.n)  # the activity dock's bar moves on update()'s value event, not on .n
             bar.set_description(f"{self.title} {name} {short}".strip())
-            bar.refresh()
 
         def poll() -> None:
             reading = meter.reading()

@@ -52,6 +52,8 @@ class TrainConfig:
       updated; their scale and shift still learn). None (the default) freezes them when fine-tuning (``init``)
       or when batches are smaller than 8: a few small batches otherwise move the running means enough to break
       the starting model.
+    - ``keep_weight``: for corrected pairs (``reviewed/<name>.png``, see ``corrections``), the weight of the term
+      that holds the pixels the user did not review at the starting model's classes (0: they are ignored).
     - ``border_weight``: U-Net's ``w0``, an extra loss weight on the pixels between touching cells (gaps and
       boundary rings), ``w0 * exp(-(d1 + d2)^2 / (2 border_sigma^2))`` with d1, d2 the distances (px) to the two
       nearest cells, added to the class weight (see ``border_weights``); 0 (the default) trains without it.
@@ -94,6 +96,7 @@ class TrainConfig:
     points_share: float = 0.5
     teacher: str | None = None
     freeze_norm: bool | None = None
+    keep_weight: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +183,7 @@ class TrainConfig:
             is_int(c.opening_radius) and c.opening_radius >= 0, f"opening_radius must be >= 0, got {c.opening_radius!r}"
         )
         need(c.ema is None or (is_num(c.ema) and 0 < c.ema < 1), f"ema must be a decay in (0, 1), got {c.ema!r}")
+        need(is_num(c.keep_weight) and c.keep_weight >= 0, f"keep_weight must be >= 0, got {c.keep_weight!r}")
         need(is_num(c.border_weight) and c.border_weight >= 0, f"border_weight must be >= 0, got {c.border_weight!r}")
         need(is_num(c.border_sigma) and c.border_sigma > 0, f"border_sigma must be > 0 px, got {c.border_sigma!r}")
         for folder in [*(c.points_dirs or []), *([c.points_val] if c.points_val else [])]:

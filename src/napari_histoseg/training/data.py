@@ -5,6 +5,9 @@ Layout of a training set ``DIR``::
     DIR/input/<name>.<png|jpg|jpeg|tif|tiff>   the H&E image (RGB, RGBA, grey, 8 or 16 bit)
     DIR/gt/<name>_gt.png                        colour-coded classes (see ``classes.CLASS_COLORS``)
     DIR/inst/<name>.<png|tif>                   optional instance map (uint16, 0 = background)
+    DIR/reviewed/<name>.png                     optional: the pixels a user corrected or confirmed (non-zero);
+                                                only they teach, the rest holds the model (``corrections``)
+    DIR/meta/<name>.json                        optional: {"mpp": the image's microns per pixel}
 
 Every check runs over the whole set before anything is returned: problems are collected and raised together
 as one :class:`DatasetError`, so a user fixes a folder in one pass instead of one file per training attempt.
@@ -63,6 +66,8 @@ class Pair:
     image: Path
     gt: Path
     inst: Path | None = None
+    reviewed: Path | None = None
+    meta: Path | None = None
 
 
 @dataclass
@@ -73,6 +78,8 @@ class Sample:
     image: np.ndarray
     labels: np.ndarray
     inst: np.ndarray | None
+    reviewed: np.ndarray | None = None  # (H, W) bool: the pixels a user corrected or confirmed (a corrected pair)
+    mpp: float | None = None  # the image's microns per pixel, when its pair records it
 
 
 def pooled_stain_stats(samples: Sequence[Sample]) -> LabStats | None:
@@ -124,6 +131,10 @@ def find_pairs(root: str | Path) -> list[Pair]:
             if path.suffix.lower() in INST_SUFFIXES:
                 insts[path.stem] = path
 
+    reviewed_dir, meta_dir = root / "reviewed", root / "meta"
+    reviewed = {p.stem: p for p in _files(reviewed_dir) if p.suffix.lower() == ".png"} if reviewed_dir.is_dir() else {}
+    metas = {p.stem: p for p in _files(meta_dir) if p.suffix.lower() == ".json"} if meta_dir.is_dir() else {}
+
     for name in sorted(images.keys() - gts.keys()):
         problems.append(f"{images[name]}: no ground truth (expected {gt_dir / (name + GT_SUFFIX)})")
     for name in sorted(gts.keys() - images.keys()):
@@ -132,7 +143,10 @@ def find_pairs(root: str | Path) -> list[Pair]:
         problems.append(f"{root}: no images in {input_dir}")
     if problems:
         raise DatasetError(problems)
-    return [Pair(name, images[name], gts[name], insts.get(name)) for name in sorted(images)]
+    return [
+        Pair(name, images[name], gts[name], insts.get(name), reviewed.get(name), metas.get(name))
+        for name in sorted(images)
+    ]
 
 
 def _imread(path: Path) -> np.ndarray:
@@ -274,15 +288,45 @@ def load_pairs(pairs: Iterable[Pair], *, tolerance: int = 60) -> tuple[list[Samp
                 f"{pair.image.name} ({image.shape[1]}x{image.shape[0]})"
             )
             continue
+        reviewed, mpp = _review_of(pair, labels, problems)
         if image is not None and labels is not None:
             counts += np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
-            samples.append(Sample(pair.name, image, labels, inst))
+            samples.append(Sample(pair.name, image, labels, inst, reviewed, mpp))
     if problems:
         raise DatasetError(problems)
     if snapped_total:
         log.info("snapped %d noisy mask pixel(s) to the nearest class colour", snapped_total)
     report = {"images": len(samples), "snapped_pixels": snapped_total, "pixels_per_class": counts.tolist()}
     return samples, report
+
+
+def _review_of(pair: Pair, labels: np.ndarray | None, problems: list[str]) -> tuple[np.ndarray | None, float | None]:
+    """The pair's reviewed mask (bool, its labels' size) and recorded um/px; problems appended to ``problems``."""
+    reviewed = mpp = None
+    if pair.reviewed is not None:
+        try:
+            mask = _imread(pair.reviewed)
+            mask = mask.any(axis=-1) if mask.ndim == 3 else mask.astype(bool)
+            if labels is not None and mask.shape != labels.shape:
+                problems.append(
+                    f"{pair.reviewed}: size {mask.shape[1]}x{mask.shape[0]} does not match its mask "
+                    f"{pair.gt.name} ({labels.shape[1]}x{labels.shape[0]})"
+                )
+            else:
+                reviewed = np.ascontiguousarray(mask, dtype=bool)
+        except DatasetError as exc:
+            problems.extend(exc.problems)
+    if pair.meta is not None:
+        try:
+            value = json.loads(pair.meta.read_text()).get("mpp")
+            if value is not None:
+                mpp = float(value)
+                if not (math.isfinite(mpp) and mpp > 0):
+                    raise ValueError(f"mpp must be a positive number, got {value!r}")
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            problems.append(f"{pair.meta}: cannot read the pair's resolution ({exc})")
+            mpp = None
+    return reviewed, mpp
 
 
 def _label_arrays(items) -> Iterable[np.ndarray]:

@@ -31,6 +31,7 @@ import re
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ from .config import (
     TrainConfig,
     TrainConfigError,
 )
+from .corrections import collapse_problems, correction_loss, prepare_samples, review_metrics, write_review_log
 from .data import find_pairs, load_pairs, pooled_stain_stats, split_by_image, weights_from_counts
 from .dataset import PatchDataset, default_num_workers, make_loader
 from .evaluate import EvalResult, evaluate_model
@@ -182,6 +184,8 @@ def selection_score(metrics: dict, select_metric: str = "score") -> float:
             mae = metrics.get("points_cellularity_mae")
             points = _mean_finite([metrics["points_type_f1_tumor"], None if mae is None else 1 - mae])
             score = _mean_finite([score, points])
+        if "review_score" in metrics:  # corrected pairs: agreement with the corrections, little change elsewhere
+            score = _mean_finite([score, metrics["review_score"]])
         return score
     value = metrics.get(select_metric)
     if value is None or not math.isfinite(value):
@@ -202,11 +206,22 @@ def _group_of(regex: str | None) -> Callable[[str], str] | None:
 
 
 def split_data(config: TrainConfig) -> tuple[list, list]:
-    """The (train, validation) pairs of a config: the validation folder, or whole images held out."""
+    """The (train, validation) pairs of a config: the validation folder, or whole images held out.
+
+    Corrected pairs (with a ``reviewed`` mask) are never held out: they are validated on their held-aside cells
+    (``corrections``); the other pairs are split when there are at least two of them.
+    """
     pairs = find_pairs(config.train_dir)
     if config.val_dir is not None:
         return pairs, find_pairs(config.val_dir)
     fraction = config.val_fraction or DEFAULT_VAL_FRACTION
+    corrected = [p for p in pairs if p.reviewed is not None]
+    if corrected:
+        plain = [p for p in pairs if p.reviewed is None]
+        if len(plain) < 2:
+            return pairs, []
+        train, val = split_by_image(plain, fraction, config.seed, group_of=_group_of(config.group_regex))
+        return [*corrected, *train], val
     return split_by_image(pairs, fraction, config.seed, group_of=_group_of(config.group_regex))
 
 
@@ -299,6 +314,8 @@ def train(
         stain = LabStats.from_dict(init_card.stain_target)
     else:
         stain = pooled_stain_stats(train_samples)  # the colours inference maps slides onto
+    # Pairs that record their um/px are resampled to the model's; corrected pairs teach only what was reviewed.
+    train_samples, val_samples, review = prepare_samples(train_samples, val_samples, model_mpp, stain, config.seed)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -412,7 +429,7 @@ def train(
     logit_bias = logit_adjustment(class_weights)
     stain_target = stain.to_dict() if stain is not None else {}
     # Validation sees what `histoseg evaluate` sees: the val images' pooled colours mapped onto the training data's.
-    val_normalize = normalizer_for(pooled_stain_stats(val_samples), stain)
+    val_normalize = normalizer_for(pooled_stain_stats(val_samples), stain) if val_samples else None
 
     def save_model(stem: str, epoch: int, metrics: dict, score: float) -> str:
         training = {
@@ -451,6 +468,43 @@ def train(
     epochs_done = start_epoch - 1
     last_path = str(run_dir / f"{LAST}.safetensors") if epochs_done else None
     best_path = str(run_dir / f"{BEST}.safetensors") if best_epoch else None
+    if resume and review and (run_dir / f"{BEST}.safetensors").is_file():
+        best_path = str(run_dir / f"{BEST}.safetensors")  # the starting model, kept as best at epoch 0
+    review_before: dict = {}
+    review_reference: list = []
+    review_epochs: list[dict] = []
+
+    def check_review(val: dict, epoch: int) -> list[str]:
+        metrics, _ = review_metrics(
+            evaluated, review, device, logit_bias, reference=review_reference, batch_size=max(1, config.batch_size),
+            amp=config.amp, opening_radius=config.opening_radius,
+        )  # fmt: skip
+        val.update(metrics)
+        review_epochs.append({"epoch": epoch, **metrics})
+        write_review_log(run_dir, review_before, review_epochs)
+        problems = collapse_problems(metrics, review_before)
+        for problem in problems:
+            log.warning("epoch %d not kept as best: %s", epoch, problem)
+            warnings.warn(f"epoch {epoch} not kept as best: {problem}", stacklevel=2)
+        return problems
+
+    if review:
+        # The starting model on the corrected images: the "before" figures, and the first "best" to beat.
+        start_model = evaluated if not resume else _build_model(config)[0].to(device)
+        review_before, review_reference = review_metrics(
+            start_model, review, device, logit_bias, batch_size=max(1, config.batch_size), amp=config.amp,
+            opening_radius=config.opening_radius,
+        )  # fmt: skip
+        write_review_log(run_dir, review_before, review_epochs)
+        if not resume:
+            base = dict(review_before)
+            if val_samples:
+                base.update(
+                    validate_model(evaluated, val_samples, device, config, class_weights, logit_bias, val_normalize)
+                )
+            best_score, best_metrics = selection_score(base, config.select_metric), base
+            with _hold_interrupts():
+                best_path = save_model(BEST, 0, base, best_score)
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             dataset.set_epoch(epoch)
@@ -474,7 +528,10 @@ def train(
                 with training_autocast(device) if config.amp else contextlib.nullcontext():
                     logits = model(images)
                 border_t = border[0].to(device, non_blocking=True) if border else None
-                loss = weighted_cross_entropy(logits.float(), labels, weights_t, border_t)
+                if review:
+                    loss = correction_loss(logits.float(), labels, weights_t, config.keep_weight)
+                else:
+                    loss = weighted_cross_entropy(logits.float(), labels, weights_t, border_t)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -503,7 +560,11 @@ def train(
             score = float("nan")
             t_val = time.perf_counter()
             if epoch % config.val_every == 0 or epoch == config.epochs or stopped_early:
-                val = validate_model(evaluated, val_samples, device, config, class_weights, logit_bias, val_normalize)
+                if val_samples:
+                    val = validate_model(
+                        evaluated, val_samples, device, config, class_weights, logit_bias, val_normalize
+                    )
+                review_problems = check_review(val, epoch) if review else []
                 if point_data is not None and point_data.val:
                     card = card_for(evaluated, mpp=model_mpp, logit_bias=logit_bias, stain_target=stain_target)
                     val.update(validate_points(evaluated, card, point_data, device, config))
@@ -511,7 +572,9 @@ def train(
                 if plateau is not None and math.isfinite(score) and global_step >= config.warmup:
                     plateau.step(score)
             validation_seconds = time.perf_counter() - t_val
-            is_best = bool(val) and (best_epoch == 0 or (math.isfinite(score) and score > best_score))
+            is_best = bool(val) and (best_path is None or (math.isfinite(score) and score > best_score))
+            if review and val and review_problems:
+                is_best = False
             if is_best:
                 best_score = score if math.isfinite(score) else float("-inf")
                 best_epoch, best_metrics = epoch, val

@@ -1,0 +1,290 @@
+"""Fine-tuning on corrected predictions: only what the user reviewed teaches, the rest holds the model where it was.
+
+A pair made from a corrected prediction (``export_pairs.save_pair(..., reviewed=..., mpp=...)``) is the model's
+whole output of which the user changed or confirmed a few cells (``DIR/reviewed/<name>.png``). Trained as an
+ordinary pair, ~99% of its pixels would re-teach the model its own mistakes and drown the corrections. So each
+pixel of such a pair gets a code (:func:`encode_targets`):
+
+- reviewed, trained: its corrected class (0-3), at full weight;
+- reviewed, held aside: :data:`~.point_targets.IGNORE`: about a fifth of the reviewed cells of each image (when it
+  has at least :data:`MIN_CELLS_TO_HOLD`) are never trained on and measure whether the corrections generalise;
+- not reviewed: ``KEEP + c``, c the class the starting model gave it (the pair's labels there are its output):
+  a self-distillation term that holds the model close to where it started on everything the user did not touch.
+
+The loss (:func:`correction_loss`) is the weighted cross-entropy of the reviewed pixels plus ``keep_weight`` times
+that of the kept pixels, each normalised over its own pixels, so that a few corrected cells count as much as the
+rest of the image whatever their share of its pixels.
+
+Validation (:func:`review_metrics`) runs on the corrected images themselves (the only ones the user judged), on
+the model's grid with its stain target as inference sees them: the share of reviewed cells whose type agrees
+with the user's (trained and held-aside cells apart), and the share of the untouched pixels whose class changed
+from the starting model's. The starting model is measured first (epoch 0, saved as the first "best"); an epoch
+becomes best only if it beats it, and never when a class the starting model found has (nearly) disappeared
+(:func:`collapse_problems`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from ..classes import BACKGROUND, CLASS_NAMES, NON_TUMOR, NUM_CLASSES, TUMOR
+from ..cleanup import open_labels
+from ..engine.resolution import plan_resolution, to_compute
+from ..fileio import atomic_write, json_safe
+from ..stain import LabStats
+from .data import Sample
+from .loss import weighted_cross_entropy
+from .point_targets import IGNORE
+
+#: Target code base: ``KEEP + c`` = "not reviewed; the starting model said class c" (held close to it).
+KEEP = 8
+#: Share of each image's reviewed cells held aside (never trained on) to check that the corrections generalise.
+HELD_SHARE = 0.2
+#: An image needs at least this many reviewed cells for some to be held aside.
+MIN_CELLS_TO_HOLD = 5
+#: Weight of the term that keeps the unreviewed pixels at the starting model's classes (1 = as much as the
+#: corrections).
+DEFAULT_KEEP_WEIGHT = 0.5
+#: A class whose predicted share of the corrected images falls below this fraction of the starting model's has
+#: disappeared (only classes the starting model gave at least MIN_CLASS_SHARE of the pixels).
+COLLAPSE_FRACTION = 0.25
+MIN_CLASS_SHARE = 0.002
+
+#: Fine-tuning defaults (the Train widget's and the benchmark's): chosen by the experiment in docs/fine-tuning.md.
+FINETUNE_DEFAULTS = {"optimizer": "adam", "lr": 2e-5, "warmup": 20, "scheduler": "cosine"}
+
+
+@dataclass
+class ReviewedImage:
+    """A corrected pair on the model's grid: image (colours mapped onto the stain target), corrected labels,
+    reviewed pixels, the reviewed regions (``regions``, 1..n) and which of them are held aside."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    reviewed: np.ndarray
+    regions: np.ndarray
+    held_ids: np.ndarray
+
+    @property
+    def held(self) -> np.ndarray:
+        return np.isin(self.regions, self.held_ids) & (self.regions > 0)
+
+
+def _nearest(array: np.ndarray, factor: float, shape: tuple[int, int]) -> np.ndarray:
+    if factor > 1:
+        k = int(round(factor))
+        array = array.repeat(k, axis=0).repeat(k, axis=1)
+    elif factor < 1:
+        k = int(round(1 / factor))
+        array = array[k // 2 :: k, k // 2 :: k]
+    return np.ascontiguousarray(array[: shape[0], : shape[1]])
+
+
+def resample_sample(sample: Sample, model_mpp: float | None) -> Sample:
+    """``sample`` on the model's grid when its pair records its own um/px (the power of two inference uses):
+    image bilinear (or averaged), labels, instances and reviewed pixels nearest."""
+    if sample.mpp is None or model_mpp is None:
+        return sample
+    factor = plan_resolution([sample.mpp], model_mpp).factor
+    if factor == 1.0:
+        return sample
+    pixels = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1).float()
+    image = to_compute(pixels, factor).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    shape = image.shape[:2]
+    labels = _nearest(sample.labels, factor, shape)
+    inst = None if sample.inst is None else _nearest(sample.inst, factor, shape)
+    reviewed = None if sample.reviewed is None else _nearest(sample.reviewed, factor, shape)
+    return Sample(sample.name, np.ascontiguousarray(image), labels, inst, reviewed, sample.mpp / factor)
+
+
+def held_regions(reviewed: np.ndarray, seed: int, name: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The connected reviewed regions (about one cell each) and the ids of those held aside (see module doc)."""
+    regions, n = ndi.label(reviewed)
+    if n < MIN_CELLS_TO_HOLD:
+        return regions, np.zeros(0, dtype=np.int64)
+    salt = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little")
+    order = np.random.default_rng([int(seed), salt]).permutation(n) + 1
+    return regions, np.sort(order[: max(1, int(round(HELD_SHARE * n)))])
+
+
+def encode_targets(labels: np.ndarray, reviewed: np.ndarray, held: np.ndarray | None = None) -> np.ndarray:
+    """Training codes (H, W) uint8: reviewed pixels their class, held-aside ones IGNORE, the rest ``KEEP + c``."""
+    codes = np.where(reviewed, labels, KEEP + labels).astype(np.uint8)
+    if held is not None:
+        codes[held] = IGNORE
+    return codes
+
+
+def normalize_stain(image: np.ndarray, target: LabStats | None) -> np.ndarray:
+    """The image's colours mapped onto the model's stain target, as inference maps a slide."""
+    from .point_training import normalize_stain as _normalize
+
+    return _normalize(image, target)
+
+
+def prepare_samples(
+    train: Sequence[Sample], val: Sequence[Sample], model_mpp: float | None, stain: LabStats | None, seed: int
+) -> tuple[list[Sample], list[Sample], list[ReviewedImage]]:
+    """Training and validation samples on the model's grid; corrected pairs with their codes (module doc), their
+    colours mapped onto ``stain``, and as :class:`ReviewedImage` for :func:`review_metrics`."""
+    train_out: list[Sample] = []
+    review: list[ReviewedImage] = []
+    for sample in train:
+        sample = resample_sample(sample, model_mpp)
+        if sample.reviewed is None:
+            train_out.append(sample)
+            continue
+        image = normalize_stain(sample.image, stain)
+        regions, held_ids = held_regions(sample.reviewed, seed, sample.name)
+        item = ReviewedImage(sample.name, image, sample.labels, sample.reviewed, regions, held_ids)
+        review.append(item)
+        codes = encode_targets(sample.labels, sample.reviewed, item.held)
+        train_out.append(Sample(sample.name, image, codes, None, None, sample.mpp))
+    val_out = [resample_sample(s, model_mpp) for s in val]
+    return train_out, val_out, review
+
+
+def correction_loss(
+    logits: torch.Tensor, codes: torch.Tensor, class_weights: torch.Tensor, keep_weight: float = DEFAULT_KEEP_WEIGHT
+) -> torch.Tensor:
+    """Weighted cross-entropy of the reviewed (and ordinary) pixels + ``keep_weight`` x that of the kept ones."""
+    keep = (codes >= KEEP) & (codes < KEEP + NUM_CLASSES)
+    ignore = torch.full_like(codes, IGNORE)
+    loss = weighted_cross_entropy(logits, torch.where(keep, ignore, codes), class_weights)
+    if keep_weight > 0 and bool(keep.any()):
+        loss = loss + keep_weight * weighted_cross_entropy(
+            logits, torch.where(keep, codes - KEEP, ignore), class_weights
+        )
+    return loss
+
+
+def predict_classes(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    device: torch.device,
+    logit_bias: Sequence[float],
+    *,
+    batch_size: int = 8,
+    amp: bool = True,
+    opening_radius: int = 2,
+) -> np.ndarray:
+    """Class labels (H, W) uint8 of an image already on the model's grid and stain, as validation decides them
+    (256 px windows blended as the engine does, the card's logit bias, the opening)."""
+    from .evaluate import _windowed_probabilities
+
+    model.eval()
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255).to(device)
+    with torch.inference_mode():
+        probs = _windowed_probabilities(model, pixels, batch_size, logit_bias, amp)
+    return open_labels(probs.argmax(dim=0).to(torch.uint8).cpu().numpy(), opening_radius)
+
+
+def _region_agreement(image: ReviewedImage, pred: np.ndarray, ids: np.ndarray) -> tuple[int, int]:
+    """(agreeing, total) reviewed regions among ``ids``: a region the user left with cell pixels agrees when the
+    prediction keeps at least a quarter of them as cells and their majority type is the user's; a region the
+    user left without cells (an erased false cell) agrees when under a quarter of it is predicted cell."""
+    if not len(ids):
+        return 0, 0
+    n = int(image.regions.max())
+    r = image.regions.ravel()
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(r, weights=mask.ravel(), minlength=n + 1)
+
+    area = np.bincount(r, minlength=n + 1).astype(np.float64)
+    true_t, true_n = count(image.labels == TUMOR), count(image.labels == NON_TUMOR)
+    pred_t, pred_n = count(pred == TUMOR), count(pred == NON_TUMOR)
+    true_cell, pred_cell = true_t + true_n, pred_t + pred_n
+    agree = 0
+    for k in ids:
+        if true_cell[k] > 0:
+            same_type = (pred_t[k] >= pred_n[k]) == (true_t[k] >= true_n[k])
+            agree += int(pred_cell[k] >= 0.25 * true_cell[k] and pred_cell[k] > 0 and same_type)
+        else:
+            agree += int(pred_cell[k] < 0.25 * area[k])
+    return agree, len(ids)
+
+
+def review_metrics(
+    model: torch.nn.Module,
+    review: Sequence[ReviewedImage],
+    device: torch.device,
+    logit_bias: Sequence[float],
+    *,
+    reference: Sequence[np.ndarray] | None = None,
+    batch_size: int = 8,
+    amp: bool = True,
+    opening_radius: int = 2,
+) -> tuple[dict, list[np.ndarray]]:
+    """Agreement with the user's corrections and change elsewhere (module doc); returns the metrics and the
+    predictions (pass the starting model's as ``reference`` to measure the change on untouched pixels)."""
+    preds: list[np.ndarray] = []
+    agree = total = held_agree = held_total = 0
+    right = reviewed_px = changed = untouched = 0
+    class_px = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for i, item in enumerate(review):
+        pred = predict_classes(
+            model, item.image, device, logit_bias, batch_size=batch_size, amp=amp, opening_radius=opening_radius
+        )
+        preds.append(pred)
+        ids = np.arange(1, int(item.regions.max()) + 1)
+        trained = ids[~np.isin(ids, item.held_ids)]
+        a, t = _region_agreement(item, pred, trained)
+        agree, total = agree + a, total + t
+        a, t = _region_agreement(item, pred, item.held_ids)
+        held_agree, held_total = held_agree + a, held_total + t
+        right += int((pred[item.reviewed] == item.labels[item.reviewed]).sum())
+        reviewed_px += int(item.reviewed.sum())
+        if reference is not None:
+            outside = ~item.reviewed
+            changed += int((pred[outside] != reference[i][outside]).sum())
+            untouched += int(outside.sum())
+        class_px += np.bincount(pred.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+    nan = float("nan")
+    metrics = {
+        "review_images": len(review),
+        "review_cells": total,
+        "review_agreement": agree / total if total else nan,
+        "review_held_cells": held_total,
+        "review_held_agreement": held_agree / held_total if held_total else nan,
+        "review_pixel_accuracy": right / reviewed_px if reviewed_px else nan,
+        "untouched_changed": changed / untouched if untouched else 0.0,
+        "class_share": (class_px / max(int(class_px.sum()), 1)).tolist(),
+    }
+    judged = metrics["review_held_agreement"] if held_total else metrics["review_agreement"]
+    metrics["review_score"] = float(np.nanmean([judged, 1 - metrics["untouched_changed"]]))
+    return metrics, preds
+
+
+def collapse_problems(metrics: dict, baseline: dict) -> list[str]:
+    """Why an epoch must not become best: a class the starting model found has (nearly) disappeared, or the
+    held-aside agreement fell below the starting model's."""
+    problems = []
+    before, after = baseline.get("class_share"), metrics.get("class_share")
+    if before and after:
+        for c in range(NUM_CLASSES):
+            if c != BACKGROUND and before[c] >= MIN_CLASS_SHARE and after[c] < COLLAPSE_FRACTION * before[c]:
+                problems.append(
+                    f"class {CLASS_NAMES[c]} nearly disappeared from the corrected images "
+                    f"({100 * after[c]:.2f}% of pixels, {100 * before[c]:.2f}% before fine-tuning)"
+                )
+    held0, held1 = baseline.get("review_held_agreement"), metrics.get("review_held_agreement")
+    if held0 is not None and held1 is not None and math.isfinite(held0) and math.isfinite(held1) and held1 < held0:
+        problems.append(f"agreement on the held-aside corrected cells fell from {held0:.3f} to {held1:.3f}")
+    return problems
+
+
+def write_review_log(run_dir: str | Path, before: dict, epochs: list[dict]) -> Path:
+    """``RUN_DIR/review.json``: the starting model's review metrics and every epoch's."""
+    path = Path(run_dir) / "review.json"
+    atomic_write(path, (json.dumps(json_safe({"before": before, "epochs": epochs}), indent=2) + "\n").encode())
+    return path

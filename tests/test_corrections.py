@@ -1,0 +1,135 @@
+"""Corrected predictions as training pairs: reviewed masks, their codes and loss, honest validation, no collapse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _trainsets import blob_image, write_set
+from napari_histoseg.classes import NON_TUMOR, TUMOR
+from napari_histoseg.export_pairs import PairExportError, reviewed_from_edits, save_pair
+from napari_histoseg.training.config import TrainConfig
+from napari_histoseg.training.corrections import (
+    FINETUNE_DEFAULTS,
+    KEEP,
+    correction_loss,
+    encode_targets,
+    held_regions,
+    resample_sample,
+)
+from napari_histoseg.training.data import find_pairs, load_pairs
+from napari_histoseg.training.loss import weighted_cross_entropy
+from napari_histoseg.training.point_targets import IGNORE
+from napari_histoseg.training.train import run_training, split_data
+
+torch.set_num_threads(1)
+
+
+def test_reviewed_from_edits_takes_whole_cells():
+    labels = np.zeros((20, 20), np.uint8)
+    labels[2:7, 2:7] = TUMOR
+    labels[12:17, 12:17] = NON_TUMOR
+    edited = np.zeros_like(labels, bool)
+    edited[4, 4] = True  # one pixel of the first cell
+    edited[10, 2] = True  # an erased pixel (background now)
+    reviewed = reviewed_from_edits(labels, edited, grow=0)
+    assert reviewed[2:7, 2:7].all() and reviewed[10, 2]
+    assert not reviewed[12:17, 12:17].any()
+    assert reviewed_from_edits(labels, edited, grow=1)[1, 4]
+
+
+def test_pair_with_reviewed_mask_and_resolution_round_trips(tmp_path):
+    image, labels, _ = blob_image(32, seed=1)
+    reviewed = labels > 0
+    save_pair(image, labels, tmp_path, "a", reviewed=reviewed, mpp=0.5)
+    save_pair(image, labels, tmp_path, "b")
+    pairs = find_pairs(tmp_path)
+    assert [p.reviewed is not None for p in pairs] == [True, False]
+    samples, _ = load_pairs(pairs)
+    assert np.array_equal(samples[0].reviewed, reviewed) and samples[0].mpp == 0.5
+    assert samples[1].reviewed is None and samples[1].mpp is None
+    with pytest.raises(PairExportError, match="nothing was corrected"):
+        save_pair(image, labels, tmp_path, "c", reviewed=np.zeros_like(reviewed))
+    # A pair at 0.5 um/px is put on a 0.25 um/px model's grid, its masks with it.
+    up = resample_sample(samples[0], 0.25)
+    assert up.image.shape == (64, 64, 3) and up.mpp == 0.25
+    assert np.array_equal(up.labels[::2, ::2], labels) and np.array_equal(up.reviewed[::2, ::2], reviewed)
+
+
+def test_codes_and_loss():
+    labels = np.array([[0, 1], [2, 3]], np.uint8)
+    reviewed = np.array([[True, True], [False, False]])
+    held = np.array([[False, True], [False, False]])
+    codes = encode_targets(labels, reviewed, held)
+    assert codes.tolist() == [[0, IGNORE], [KEEP + 2, KEEP + 3]]
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, 2, 2)
+    weights = torch.ones(4)
+    t = torch.from_numpy(codes.astype(np.int64))[None]
+    only_reviewed = weighted_cross_entropy(logits, torch.tensor([[[0, IGNORE], [IGNORE, IGNORE]]]), weights)
+    assert torch.isclose(correction_loss(logits, t, weights, keep_weight=0.0), only_reviewed)
+    kept = weighted_cross_entropy(logits, torch.tensor([[[IGNORE, IGNORE], [2, 3]]]), weights)
+    assert torch.isclose(correction_loss(logits, t, weights, keep_weight=0.5), only_reviewed + 0.5 * kept)
+
+
+def test_a_fifth_of_the_reviewed_cells_is_held_aside():
+    reviewed = np.zeros((40, 40), bool)
+    for k in range(10):
+        reviewed[2 + 4 * k : 4 + 4 * k, 5:8] = True
+    regions, held = held_regions(reviewed, seed=0, name="x")
+    assert regions.max() == 10 and len(held) == 2
+    _, few = held_regions(reviewed[:10], seed=0)
+    assert len(few) == 0  # too few cells to hold any aside
+
+
+def _mistyped(labels: np.ndarray) -> np.ndarray:
+    """A 'prediction' that calls every cell non-tumor (the model's mistake the user corrects)."""
+    out = labels.copy()
+    out[labels == TUMOR] = NON_TUMOR
+    return out
+
+
+@pytest.fixture(scope="module")
+def start_model(tmp_path_factory) -> Path:
+    """A tiny model trained on synthetic blobs until it draws cells of both types."""
+    root = tmp_path_factory.mktemp("start")
+    data = write_set(root / "data", n=2, size=64)
+    config = TrainConfig(
+        train_dir=str(data), val_dir=str(data), out=str(root / "run"), epochs=12, batch_size=2, lr=1e-3, patch=64,
+        width=0.25, samples_per_epoch=8, num_workers=0, model_mpp=0.25, freeze_norm=False,
+    )  # fmt: skip
+    return Path(run_training(config).best_checkpoint)
+
+
+def test_finetune_on_one_corrected_pair_keeps_the_model(start_model, tmp_path):
+    pairs = tmp_path / "pairs"
+    image, labels, _ = blob_image(96, seed=7, n=10)
+    predicted = _mistyped(labels)
+    corrected = labels  # the user recolours the tumor cells and confirms the others: all cells reviewed
+    reviewed = reviewed_from_edits(corrected, corrected != predicted) | reviewed_from_edits(corrected, labels > 0)
+    save_pair(image, corrected, pairs, "slide_a", reviewed=reviewed, mpp=0.25)
+    config = TrainConfig(
+        train_dir=str(pairs), out=str(tmp_path / "ft"), init=str(start_model), epochs=3, batch_size=2, patch=64,
+        samples_per_epoch=6, num_workers=0, **FINETUNE_DEFAULTS,
+    )  # fmt: skip
+    train_pairs, val_pairs = split_data(config.validated())
+    assert len(train_pairs) == 1 and val_pairs == []  # one corrected pair trains; it is never held out
+    result = run_training(config)
+    log = json.loads((Path(result.run_dir) / "review.json").read_text())
+    before, epochs = log["before"], log["epochs"]
+    regions, held = held_regions(reviewed, seed=0, name="slide_a")
+    assert len(epochs) == 3 and before["review_cells"] + before["review_held_cells"] == regions.max()
+    assert before["review_held_cells"] == len(held) > 0
+    assert result.best_checkpoint is not None and result.best_epoch in (0, 1, 2, 3)
+    best = before if result.best_epoch == 0 else epochs[result.best_epoch - 1]
+    # The model kept is never worse than the starting model by the run's own score, and did not collapse:
+    # every class the starting model drew is still drawn, and little of what the user did not touch changed.
+    assert result.best_score >= before["review_score"] - 1e-9
+    for c in (1, 2, 3):
+        if before["class_share"][c] > 0.002:
+            assert best["class_share"][c] > 0.25 * before["class_share"][c]
+    assert best["untouched_changed"] < 0.2
