@@ -5,7 +5,7 @@
 
 Opens the sample slide through the plugin's reader, docks the Segment widget, shows the demo's label store as
 the widget does (coloured Labels layer, multiscale, aligned), fills the widget's readout as a finished run does
-(class counts, then the cells and tumor cellularity of the layer, `cellularity.layer_readout`) and saves a window
+(the tumor cellularity of the layer first, `cellularity.layer_readout`, then its details) and saves a window
 screenshot.
 """
 
@@ -22,6 +22,7 @@ from skimage.io import imsave
 
 from napari_histoseg._napari import layers as L
 from napari_histoseg._napari.cellularity import layer_readout
+from napari_histoseg._napari.readout import cellularity_headline
 from napari_histoseg._napari.segment_widget import SegmentWidget, format_counts
 from napari_histoseg.io.store import LabelStore
 from napari_histoseg.samples import sample_path
@@ -46,7 +47,9 @@ def main() -> None:
     labels.opacity = 0.6
     viewer.window.screenshot(flash=False)  # lays the window out, as a user first sees it (empty readout)
     # What the widget shows once a run and its cell measurement have finished.
-    widget.result.value = f"{format_counts(L.store_counts(store))}\n{layer_readout(labels)['text']}"
+    readout = layer_readout(labels)
+    details = f"{readout['text']}\nPixels: {format_counts(L.store_counts(store))}"
+    widget.result.set_text(cellularity_headline(readout["whole"]), details)
     y0, x0, y1, x1 = args.zoom_box
     scale = np.asarray(image.scale[-2:])
     viewer.scene.camera.center = tuple(scale * [(y0 + y1) / 2, (x0 + x1) / 2])

@@ -221,8 +221,8 @@ def test_current_view_says_its_size_and_is_not_remembered(make_napari_viewer, qt
     image = viewer.add_image(real_tissue(256, 256), rgb=True, name="tissue")
     viewer.window._qt_window.resize(900, 700)
     qtbot.wait(50)
-    viewer.camera.center = (64, 64)
-    viewer.camera.zoom = min(viewer.canvas.size) / 100
+    viewer.scene.camera.center = (64, 64)
+    viewer.scene.camera.zoom = min(viewer.canvas.size) / 100
     widget = _widget(viewer, checkpoint, tile=64, extent="current view")
     y0, x0, y1, x1 = L.visible_box(viewer, image)
     h, w = y1 - y0, x1 - x0

@@ -7,9 +7,10 @@ the image states none.
 
 from __future__ import annotations
 
-from magicgui.widgets import Container, FloatSpinBox, Label, PushButton
+from magicgui.widgets import Container, FloatSpinBox, PushButton
 
 from .form import tip
+from .readout import readout_label
 
 MPP_KEY = "histoseg_mpp"  # image layer metadata: {"mpp": float, "source": "entered" | "estimated", "note": str}
 UNKNOWN_STYLE = "QDoubleSpinBox { border: 2px solid #e8a33d; }"
@@ -45,8 +46,7 @@ class ResolutionField(Container):
             "estimate the resolution from the image: the bundled model measures nuclei on a few tissue tiles and "
             "compares their size with the typical nucleus (takes up to a minute on a CPU)",
         )
-        self.note = Label(value="")
-        self.note.native.setWordWrap(True)
+        self.note = readout_label()  # wraps, and keeps the height its lines need
         row = Container(widgets=[self.spin, self.estimate], layout="horizontal", labels=False)
         row.margins = (0, 0, 0, 0)
         super().__init__(widgets=[row, self.note], labels=False, label=label)

@@ -8,6 +8,7 @@ cellularity.
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from pathlib import Path
 
 from magicgui.widgets import (
@@ -106,6 +107,7 @@ class SegmentWidget(Container):
         self.resolution = ResolutionField()
         self.model = ComboBox(label="model", choices=self._models)
         self.extent = RadioButtons(label="segment", choices=EXTENTS, value=EXTENTS[0])
+        self.extent.native.setMinimumHeight(self.extent.native.sizeHint().height())  # never squeezed by the form
         self.shapes = ComboBox(label="regions", choices=self._layers(Shapes))
         self.view_note = Label(value="")
         self.view_note.native.setWordWrap(True)
@@ -174,7 +176,7 @@ class SegmentWidget(Container):
         self.extent.changed.connect(self._update_visibility)
         self.measure.changed.connect(self._update_visibility)
         self.outline.changed.connect(self._outline_changed)
-        self.viewer.camera.events.connect(self._view_changed)
+        self.viewer.scene.camera.events.connect(self._view_changed)
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).connect(self._layers_changed)
         self._image_changed()
@@ -252,15 +254,11 @@ class SegmentWidget(Container):
     def _slide_downsample(self, image: Image) -> float:
         """Level-0 pixels per output pixel of a slide run (the level the engine will pick)."""
         from napari_histoseg.engine.resolution import plan_resolution
-        from napari_histoseg.model.checkpoint import read_card
 
         levels = image.metadata.get("level_mpp") or [None]
         mpp = self.resolution.value
         model = self.model.value
-        try:
-            model_mpp = read_card(model.path).mpp if model is not None else None
-        except (OSError, ValueError):  # only a size estimate
-            model_mpp = None
+        model_mpp = _card_mpp(model.path) if model is not None else None
         plan = plan_resolution(levels, model_mpp, input_mpp=mpp)
         shapes = [lv.shape for lv in image.data]
         return shapes[0][0] / shapes[plan.level][0]
@@ -544,6 +542,17 @@ class SegmentWidget(Container):
         if self.image.value is image:
             self._image_changed()
         show_info(f"{image.name}: {note}")
+
+
+@lru_cache(maxsize=16)
+def _card_mpp(path: Path) -> float | None:
+    """The resolution a checkpoint's model card states (cached: asked on every camera move)."""
+    from napari_histoseg.model.checkpoint import read_card
+
+    try:
+        return read_card(path).mpp
+    except (OSError, ValueError):  # only used for a size estimate
+        return None
 
 
 def format_counts(counts: list[int]) -> str:
