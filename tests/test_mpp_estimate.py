@@ -1,0 +1,69 @@
+"""Resolution estimate from nucleus size (engine/mpp_estimate.py) and the --mpp option."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from napari_histoseg.engine.mpp_estimate import (
+    MppEstimate,
+    crop_origin,
+    estimate_mpp,
+    nucleus_areas,
+    resample,
+    tissue_tile_centres,
+)
+from napari_histoseg.engine.mpp_option import mpp_option
+
+
+def test_mpp_option_takes_a_positive_number_or_auto() -> None:
+    assert mpp_option("0.5") == 0.5
+    assert mpp_option(" AUTO ") == "auto"
+    for bad in ("0", "-1", "nan", "fast"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            mpp_option(bad)
+
+
+def test_nucleus_areas_count_cells_and_drop_specks() -> None:
+    labels = np.zeros((40, 40), np.uint8)
+    labels[2:12, 2:12] = 1  # 100 px tumor cell
+    labels[20:26, 20:26] = 2  # 36 px non-tumor cell
+    labels[30:32, 30:32] = 2  # a 4 px speck
+    labels[0:40, 15] = 3  # boundary class is not a cell
+    assert sorted(nucleus_areas(labels, min_px=10).tolist()) == [36, 100]
+
+
+def test_crops_fit_the_image_and_resampling_scales() -> None:
+    assert crop_origin((100, 300), (5, 295), 64) == (0, 236, 64)
+    assert crop_origin((50, 300), (25, 150), 64) == (0, 125, 50)  # shrunk to the image
+    tile = np.zeros((40, 60, 3), np.uint8)
+    assert resample(tile, 2.0).shape == (80, 120, 3)
+    assert resample(tile, 0.5).shape == (20, 30, 3)
+
+
+def test_tissue_tiles_lie_on_tissue() -> None:
+    image = np.full((1024, 1024, 3), 245, np.uint8)  # glass
+    image[512:, 512:] = (180, 90, 160)  # pink tissue in one quarter
+    centres = tissue_tile_centres(image, 4, 128)
+    assert len(centres) == 4 and len(set(centres)) == 4
+    assert all(y >= 512 and x >= 512 for y, x in centres)
+
+
+def test_estimate_text_states_value_and_confidence() -> None:
+    est = MppEstimate(0.49, "high", 412, 4, 0.06, [0.5, 0.49])
+    assert est.text == "0.49 um/px (confidence high: 412 nuclei on 4 tiles, tiles agree within 6%)"
+
+
+@pytest.mark.slow
+def test_estimate_on_the_cmu_slide(cmu_svs) -> None:
+    """The sample slide is a real 20x scan (0.499 um/px): the estimate is within 20%."""
+    from napari_histoseg.engine.jobs import load_model
+    from napari_histoseg.io.slide import open_slide
+
+    model, card = load_model(None)
+    with open_slide(cmu_svs) as slide:
+        est = estimate_mpp(slide.levels, model, card)
+    assert est.mpp == pytest.approx(0.499, rel=0.2), est.text
+    assert est.nuclei > 100
