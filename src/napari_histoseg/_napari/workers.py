@@ -224,16 +224,24 @@ class JobRunner:
             make, self._cancel, partial, stop_on_cancel
         )
 
+        calls = [0, 0]  # [calls made, newest call shown]: updating the bar processes events, so show() re-enters
+
         def show(done: int, total: int, short: str) -> None:
+            calls[0] += 1
+            mine = calls[0]
             bar = self._bar  # a local: updating the bar can process events that close it
             if bar is None:
                 return
             if bar.total != total:
                 bar.total = total
+            if mine < calls[1] or self._bar is not bar:
+                return  # a newer event was shown while this one waited: never move the bar back
+            calls[1] = mine
             target = min(done, total) if total else done
             if target != bar.n:
                 bar.update(target - bar.n)  # the activity dock's bar moves on update()'s value event, not on .n
-            bar.set_description(f"{self.title} {name} {short}".strip())
+            if mine == calls[1] and self._bar is bar:
+                bar.set_description(f"{self.title} {name} {short}".strip())
 
         def poll() -> None:
             reading = meter.reading()
