@@ -49,6 +49,11 @@ CASES: list[tuple[str, str, str]] = [
         "test_output_safety.py::test_the_segment_widget_job_never_replaces_a_foreign_folder",
     ),
     (
+        "napari *Save* of a labels layer onto the store it is read from, or onto a folder of other files",
+        "refused (the labels would be deleted before they are read); an earlier label image is replaced",
+        "test_store_integrity.py::test_saving_labels_never_replaces_their_own_store_or_a_foreign_folder",
+    ),
+    (
         "a kill during the cell export",
         "cell files appear under their names only when whole (written as `.name.part`, then renamed); the "
         "summary, written last, records their sizes; a rerun finds a damaged export and rewrites it",
@@ -193,7 +198,7 @@ def test_bf16_labels_within_the_stated_tolerance_across_thread_counts(monkeypatc
             labels.append(run(segment_image(image, model, card, InferenceSettings(device="cpu"), mpp=0.5)).labels)
     finally:
         torch.set_num_threads(threads)
-    assert (labels[0] > 0).mean() > 0.05  # cells were found: the comparison means something
+    assert (labels[0] > 0).mean() > 0.01  # cells were found (2% of this crop): the comparison means something
     assert (labels[0] != labels[1]).mean() <= 1e-3
 
 

@@ -102,3 +102,25 @@ def test_folder_mode_segments_at_the_stated_resolution(tmp_path, tiny_checkpoint
     for _, labels in runs.values():
         assert labels.shape == (200, 232, 3)  # the masks come back at the image's own size
     assert not np.array_equal(runs[None][1], runs["1.0"][1])
+
+
+def test_saving_labels_never_replaces_their_own_store_or_a_foreign_folder(finished, tmp_path):
+    from napari_histoseg.io.export import write_labels_ome_zarr
+    from napari_histoseg.io.outputs import OutputError
+
+    _, out = finished
+    store = LabelStore.open(out)
+    labels = np.asarray(store.levels[0][:])
+    with pytest.raises(OutputError, match="input itself"):  # napari's Save of a layer read from this very store
+        write_labels_ome_zarr(list(store.levels), out, overwrite=True)
+    np.testing.assert_array_equal(np.asarray(LabelStore.open(out).levels[0][:]), labels)
+    foreign = tmp_path / "figures.zarr"
+    foreign.mkdir()
+    (foreign / "plot.png").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="not a zarr label image"):
+        write_labels_ome_zarr(store, foreign, overwrite=True)
+    assert (foreign / "plot.png").read_bytes() == b"mine"
+    copy = tmp_path / "copy.zarr"
+    write_labels_ome_zarr(store, copy)
+    write_labels_ome_zarr(store, copy, overwrite=True)  # its own label image: replaced
+    assert (copy / "zarr.json").is_file()

@@ -191,7 +191,8 @@ def _predict_slide(args, model, card, settings) -> dict:
     if not args.no_cells:
         from .io.export import exports_whole, write_slide_outputs
 
-        outputs = exports_whole(result.store)  # a rerun of a finished run keeps its whole exports
+        # A rerun that recomputed nothing keeps its exports when they are whole; otherwise they are (re)written.
+        outputs = exports_whole(result.store) if result.blocks_resumed == result.blocks_total else None
         if outputs is None:
             outputs = write_slide_outputs(result.store, model_card=card)
         summary["cellularity"] = outputs["cellularity"]

@@ -34,7 +34,7 @@ from ..cells import CellProgress, CellResult, CellTable, iter_cells, label_array
 from ..classes import CLASS_COLORS, CLASS_NAMES, NON_TUMOR, TUMOR
 from ..fileio import atomic_write, json_safe
 from ..measure import Cellularity, CellularityGrid
-from .outputs import check_not_input
+from .outputs import check_not_input, remove_label_image
 from .store import ome_label_metadata
 
 log = logging.getLogger(__name__)
@@ -291,8 +291,11 @@ def write_summary_json(path: str | os.PathLike, summary: dict) -> Path:
 def store_digest(store: Any) -> str:
     """A short fingerprint of a store's labels (shape, settings, each finished block's class counts): exports
     record the labels they were made from."""
+    from .. import __version__
+
     blocks = sorted([*index, *counts] for index, counts in store.done_blocks().items())
     record = {"shape": store.info.get("shape"), "settings": store.info.get("settings"), "blocks": blocks}
+    record["version"] = __version__  # the cell rules are this version's
     return hashlib.sha256(json.dumps(json_safe(record), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -512,6 +515,19 @@ def write_labels_tiff(
     return path
 
 
+def _source_roots(source: Any) -> list[Path]:
+    """Folders the labels of ``source`` are read from (a LabelStore's, zarr arrays' local stores)."""
+    items = list(source) if isinstance(source, (list, tuple)) else [source]
+    if hasattr(source, "info") and hasattr(source, "levels"):
+        items += list(source.levels)
+    roots = [Path(item.path) for item in items if hasattr(item, "info") and hasattr(item, "path")]
+    for item in items:
+        root = getattr(getattr(item, "store", None), "root", None)
+        if root is not None:
+            roots.append(Path(str(root)))
+    return roots
+
+
 def write_labels_ome_zarr(
     source: Any,
     path: str | os.PathLike,
@@ -534,6 +550,8 @@ def write_labels_ome_zarr(
     _check_labels(path, levels)
     if mpp is None and hasattr(source, "info"):
         mpp = Frame.of_store(source).label_mpp
+    # Only a label image is replaced, never the store the labels are read from, nor a folder of other files.
+    remove_label_image(path, _source_roots(source))
     group = zarr.open_group(str(path), mode="w")
     step = chunk * 4
     for k, level in enumerate(levels):

@@ -86,6 +86,25 @@ def remove_store(path: str | os.PathLike) -> None:
     path.rmdir()
 
 
+def remove_label_image(path: str | os.PathLike, sources: Iterable[str | os.PathLike] = ()) -> None:
+    """Delete an existing zarr label image before it is rewritten: refuse one that ``sources`` (the data about to
+    be written) live in, a folder that is not a zarr label image, and one holding foreign files."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    check_not_input(path, sources)
+    if is_histoseg_store(path):
+        remove_store(path)
+        return
+    if path.is_symlink() or not (path / "zarr.json").is_file():
+        raise OutputError(f"{path} exists and is not a zarr label image; not replaced (choose another name)")
+    known = _store_entries(path)
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in known)
+    if foreign:
+        raise OutputError(f"{path} holds {', '.join(foreign[:5])} besides a label image; not replaced")
+    shutil.rmtree(path)
+
+
 def read_manifest(folder: str | os.PathLike) -> set[str]:
     """Names of the files histoseg wrote in an output folder (empty when it has no manifest)."""
     path = Path(folder) / MANIFEST
