@@ -73,10 +73,13 @@ def _init_chain(config: dict) -> list[dict]:
     return chain
 
 
-def _metrics(val: Path, path: Path) -> dict:
-    """The card's validation metrics of the weights at ``path``, as ``histoseg evaluate`` computes them."""
+def _metrics(val: Path, path: Path, variants: bool = True) -> dict:
+    """The card's validation metrics of the weights at ``path``, as ``histoseg evaluate`` computes them (without
+    the no-stain-normalisation and test-time-flip variants when ``variants`` is False)."""
     result = run_evaluation(val, path, device="cpu")
     print(format_metrics(result.metrics))
+    if not variants:
+        return {"consep_val": result.to_dict()["metrics"]}
     plain = run_evaluation(val, path, device="cpu", stain_normalize=False)
     print("without stain normalisation:\n" + format_metrics(plain.metrics))
     flips = run_evaluation(val, path, device="cpu", test_time_flips=True)
@@ -173,7 +176,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Evaluated as shipped (half precision, stain target), before anything in the package is replaced.
         path = save_checkpoint(Path(tmp) / "candidate", model, card, half=True)
-        metrics = _metrics(args.val, path)
+        metrics = _metrics(args.val, path, variants=not args.check)
         if config.get("points_dirs") or args.check:
             metrics.update(_point_metrics(path, config))
     misses = check_targets(metrics)
