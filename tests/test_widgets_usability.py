@@ -230,3 +230,32 @@ def test_current_view_says_its_size_and_is_not_remembered(make_napari_viewer, qt
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
     assert SegmentWidget(viewer).extent.value == "whole image"  # a new session starts with the whole image
+
+
+def test_estimate_button_fills_the_resolution_with_its_confidence(make_napari_viewer, qtbot, tcga_svs, monkeypatch):
+    """The button runs the estimate in a worker on the slide's pyramid and shows the value and its confidence (the
+    estimate itself, with the real model, is tested in test_mpp_estimate.py)."""
+    from napari_histoseg.engine import mpp_estimate
+
+    given = []
+
+    def fake_job(image, model, card, cancel=None, **_):
+        given.append(image)
+        yield mpp_estimate.EstimateProgress(1, 2)
+        yield mpp_estimate.EstimateProgress(2, 2)
+        return mpp_estimate.MppEstimate(0.262, "high", 321, 4, 0.05, [0.5, 0.27, 0.262])
+
+    monkeypatch.setattr(mpp_estimate, "estimate_mpp_job", fake_job)
+    messages = _notifications()
+    viewer = make_napari_viewer()
+    [tcga] = viewer.open(str(tcga_svs), plugin=PLUGIN)
+    widget = SegmentWidget(viewer)
+    widget.resolution.estimate.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.estimator.running, timeout=WAIT_MS)
+    [levels] = given
+    assert isinstance(levels, list) and len(levels) == len(tcga.data)  # the pyramid, level 0 first
+    assert widget.resolution.value == pytest.approx(0.262)
+    assert widget.resolution.note.value.startswith("estimated: 0.262 um/px (confidence high")
+    assert tcga.metadata[MPP_KEY]["source"] == "estimated"
+    assert any("0.262 um/px" in m for m in messages)
+    assert widget.request().mpp == pytest.approx(0.262)

@@ -233,12 +233,15 @@ class SegmentWidget(Container):
         if self.extent.value != "current view" or self.image.value is None:
             return
         try:
-            self.view_note.value = f"will segment {self.view_area_text()}"
+            text = f"will segment {self.view_area_text()}"
         except (ValueError, RuntimeError) as exc:
-            self.view_note.value = str(exc)
+            text = str(exc)
+        if self.image.value.multiscale:  # a slide store is written in whole blocks
+            text += f": the {self.block.value} px blocks the view touches"
+        self.view_note.value = text
 
     def view_area_text(self) -> str:
-        """The size of the area "current view" segments now (the view rounded out to whole tiles)."""
+        """The size of the area "current view" segments now (for a slide: the blocks the view touches)."""
         image = self.image.value
         y0, x0, y1, x1 = self._view_box(image)
         mpp = self.resolution.value
@@ -523,8 +526,9 @@ class SegmentWidget(Container):
         meter = JobMeter()
         self.resolution.estimate.enabled = False
         self.resolution.note.value = "estimating from the nuclei of a few tissue tiles..."
+        pixels = list(image.data) if image.multiscale else image.data  # pyramid levels, level 0 first
         self.estimator.start(
-            lambda cancel: estimate_job(image.data, cancel, meter),
+            lambda cancel: estimate_job(pixels, cancel, meter),
             meter=meter,
             on_reading=lambda r: setattr(self.resolution.note, "value", r.text),
             on_done=lambda estimate: self._estimated(image, estimate),
