@@ -54,6 +54,11 @@ CASES: list[tuple[str, str, str]] = [
         "test_store_integrity.py::test_saving_labels_never_replaces_their_own_store_or_a_foreign_folder",
     ),
     (
+        "a `<name>_cells.csv` of the user's own beside the store",
+        "refused, naming it: an export replaces only a file that begins as histoseg's do",
+        "test_store_integrity.py::test_exports_never_replace_a_file_histoseg_did_not_write",
+    ),
+    (
         "a kill during the cell export",
         "cell files appear under their names only when whole (written as `.name.part`, then renamed); the "
         "summary, written last, records their sizes; a rerun finds a damaged export and rewrites it",

@@ -124,3 +124,18 @@ def test_saving_labels_never_replaces_their_own_store_or_a_foreign_folder(finish
     write_labels_ome_zarr(store, copy)
     write_labels_ome_zarr(store, copy, overwrite=True)  # its own label image: replaced
     assert (copy / "zarr.json").is_file()
+
+
+def test_exports_never_replace_a_file_histoseg_did_not_write(finished):
+    from napari_histoseg.io.export import ExportError
+
+    _, out = finished
+    store = LabelStore.open(out)
+    mine = out.with_name("s_cells.csv")
+    mine.write_text("patient,notes\n1,keep me\n")
+    with pytest.raises(ExportError, match="s_cells.csv"):
+        write_slide_outputs(store)
+    assert mine.read_text() == "patient,notes\n1,keep me\n"
+    mine.unlink()
+    write_slide_outputs(store)
+    write_slide_outputs(store)  # its own exports: replaced

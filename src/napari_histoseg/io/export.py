@@ -344,6 +344,24 @@ def output_paths(store_path: str | os.PathLike, out: str | os.PathLike | None = 
     }
 
 
+#: How each export begins: an existing file that does not is someone else's and is never replaced.
+_EXPORT_STARTS = {
+    "cells_csv": ",".join(CSV_COLUMNS).encode(),
+    "cells_geojson": b'{"type": "FeatureCollection"',
+    "summary_json": b'{\n  "created":',
+}
+
+
+def _is_our_export(name: str, path: Path) -> bool:
+    start = _EXPORT_STARTS[name]
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(start))
+            return head == start or not head  # empty: cut short before its first line
+    except OSError:
+        return False
+
+
 def write_slide_outputs(
     store: Any,
     out: str | os.PathLike | None = None,
@@ -371,11 +389,13 @@ def write_slide_outputs(
     if not geojson:
         del paths["cells_geojson"]
     source = store.info.get("source")
-    for path in paths.values():
+    for name, path in paths.items():
         if not path.parent.is_dir():
             raise ExportError(f"{path}: the folder {path.parent} does not exist")
         if source:
             check_not_input(path, [source])
+        if path.exists() and not _is_our_export(name, path):
+            raise ExportError(f"{path} exists and was not written by histoseg; not replaced (move it)")
     # The summary says the other files are whole: it goes first and comes back last.
     paths["summary_json"].unlink(missing_ok=True)
     labels = label_array(store, 0)
