@@ -259,3 +259,15 @@ def test_estimate_button_fills_the_resolution_with_its_confidence(make_napari_vi
     assert tcga.metadata[MPP_KEY]["source"] == "estimated"
     assert any("0.262 um/px" in m for m in messages)
     assert widget.request().mpp == pytest.approx(0.262)
+
+
+def test_train_without_a_folder_says_what_to_choose(make_napari_viewer) -> None:
+    messages = _notifications()
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    assert widget.train_dir.value is None and widget.train_dir.full_text == "not chosen"
+    widget.run_button.clicked.emit()
+    assert not widget.runner.running
+    assert any("choose a training folder" in m and "'.'" not in m for m in messages)
+    assert widget.mpp.value == pytest.approx(0.25)  # the bundled model's resolution, from its card
+    assert "from its card" in widget.mpp_note.value
