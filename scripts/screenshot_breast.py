@@ -27,17 +27,18 @@ from napari_histoseg.training.points import read_points
 
 def shot(image: np.ndarray, labels: np.ndarray, points, tumor, title: str, mpp: float) -> np.ndarray:
     viewer = napari.Viewer(show=False)
-    viewer.window._qt_window.resize(900, 900)
+    viewer.window._qt_window.resize(760, 860)
     viewer.add_image(image, name="H&E", scale=(mpp, mpp))
     layer = viewer.add_labels(labels, name="histoseg", scale=(mpp, mpp), colormap=class_colormap(), opacity=0.45)
     layer.contour = 0
+    colours = np.where(tumor[:, None], [1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0])
     viewer.add_points(
-        points, name="annotations", scale=(mpp, mpp), size=5, face_color=np.where(tumor[:, None], [1, 0, 1, 1],
-        [0, 1, 1, 1]), border_width=0,
-    )  # fmt: skip
+        points, name="annotations", scale=(mpp, mpp), size=3, face_color=colours, border_width=0, opacity=0.9
+    )
     viewer.text_overlay.visible = True
+    viewer.text_overlay.position = "top_left"
     viewer.text_overlay.text = title
-    viewer.text_overlay.font_size = 14
+    viewer.text_overlay.font_size = 11
     viewer.text_overlay.color = "white"
     viewer.window.screenshot(flash=False)  # lays the window out first (else the canvas comes back black)
     viewer.reset_view()
@@ -65,7 +66,7 @@ def main() -> None:
         labels = run(segment_image(image, model, card, InferenceSettings(), mpp=args.mpp)).labels
         _, cell_classes = cells_from_labels(labels, **cell_rules(args.mpp))
         n, t = len(cell_classes) - 1, int((cell_classes == 1).sum())
-        title = f"{name}: tumor cellularity {100 * t / max(n, 1):.0f}% ({t} of {n} cells); {truth}"
+        title = f"{name}: tumor cellularity {100 * t / max(n, 1):.0f}% ({t} of {n} cells)\n{truth}"
         pictures.append(shot(image, labels, points, tumor, title, args.mpp))
         print(title)
     h = min(p.shape[0] for p in pictures)

@@ -97,3 +97,11 @@ def test_patch_share_weights_split_the_draws():
     weights = patch_share_weights([s(10), s(20)], [s(10)], 0.25)
     assert sum(weights) == pytest.approx(1) and weights[2] == pytest.approx(0.25)
     assert weights[1] == pytest.approx(4 * weights[0])
+
+
+def test_a_run_started_before_an_option_existed_resumes_with_its_default():
+    from napari_histoseg.training.run_folder import config_differences
+
+    saved = {"lr": 1e-4}
+    assert config_differences(saved, {"lr": 1e-4, "new_option": 0.5}, {"new_option": 0.5}) == []
+    assert config_differences(saved, {"lr": 1e-4, "new_option": 0.7}, {"new_option": 0.5}) == ["new_option: 0.5 -> 0.7"]

@@ -95,7 +95,10 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
+def config_differences(saved: dict, current: dict, defaults: dict | None = None) -> list[str]:
+    """The options (other than those a resume may change) that differ between a run's saved config and the
+    current one; an option the saved config lacks (added to histoseg since the run started) counts as its default."""
+    saved = {**{k: v for k, v in (defaults or {}).items() if k not in saved}, **saved}
     keys = sorted((set(saved) | set(current)) - RESUMABLE_CHANGES)
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 

@@ -33,7 +33,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -286,7 +286,8 @@ def train(
         if not state_path.is_file():
             raise TrainConfigError(f"{run_dir}: nothing to resume (no {STATE}); start a new run without --resume")
         saved = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        differences = config_differences(saved, config.to_dict())
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        differences = config_differences(saved, config.to_dict(), defaults)
         if differences:
             raise TrainConfigError(
                 f"{config_path}: --resume needs the same options as the run (only epochs, device, num_workers, "
