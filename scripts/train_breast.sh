@@ -6,7 +6,7 @@
 # the teacher whose cells the points type. BRCA-M2C's site AC is kept out of training as a cross-site check
 # (measure it with `histoseg evaluate ../shared/data/brca-m2c/train --sites AC --mpp 0.5 --tumor-classes 2`).
 # RMSprop with a 100-step warm-up (without it, the first RMSprop step of a fine-tune with frozen BatchNorm
-# statistics wrecks the model), half of the patches from each source, stain jitter 0.1, 12 epochs of 320 patches,
+# statistics wrecks the model), half of the patches from each source, stain jitter 0.1, 8 epochs of 320 patches,
 # CoNSeP val and BRCA-M2C val scored at every epoch.
 #
 # Usage: scripts/train_breast.sh [RUN_DIR] [INIT] [extra histoseg train options...]
@@ -19,7 +19,7 @@ shift $(( $# > 2 ? 2 : $# ))
 DATA=${HISTOSEG_DATA:-$(dirname "$0")/../../shared/data}
 
 histoseg train "$DATA/consep/train" --val "$DATA/consep/val" --out "$RUN_DIR" --init "$INIT" \
-    --epochs 12 --batch-size 8 --samples-per-epoch 320 --lr 5e-5 --warmup 100 --scheduler cosine \
+    --epochs 8 --batch-size 8 --samples-per-epoch 320 --lr 5e-5 --warmup 100 --scheduler cosine \
     --optimizer rmsprop --stain-jitter 0.1 \
     --points "$DATA/brca-m2c/train" --exclude-sites AC --points-val "$DATA/brca-m2c/val" \
     --points-mpp 0.5 --tumor-classes 2 --points-share 0.5 "$@"
