@@ -20,7 +20,7 @@ Targets (issue 28): tumor type F1 up by >= 0.10 on the held-aside images after 5
 CoNSeP val detection F1 down by no more than 0.02.
 
     python benchmarks/bench_correct_finetune.py                   # 5 corrected images of A8, 8 held aside
-    python benchmarks/bench_correct_finetune.py --quick           # a smoke run: 2 small crops, 2 steps
+    python benchmarks/bench_correct_finetune.py --quick           # a smoke run: 1+1 small crops, 1 step
 """
 
 from __future__ import annotations
@@ -157,13 +157,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=None, help="override the fine-tuning default (experiments)")
     parser.add_argument("--keep-weight", type=float, default=None, help="override the default (experiments)")
     parser.add_argument("--skip-consep", action="store_true", help="leave out the CoNSeP check")
+    parser.add_argument(
+        "--compare", nargs="*", default=[], help="also fine-tune with these optimizer:lr:warmup (e.g. rmsprop:1e-4:0)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="keep the pairs and the run here")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2+2 images cropped to 384 px, 2 steps")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1+1 images cropped to 256 px, 1 step")
     args = parser.parse_args(argv)
     if args.quick:
-        args.corrected, args.held, args.cells, args.crop = 2, 2, 10, args.crop or 384
-        args.epochs, args.max_steps, args.samples_per_epoch = 1, 2, 16
-        args.consep_images = args.consep_images or 2
+        args.corrected, args.held, args.cells, args.crop = 1, 1, 10, args.crop or 256
+        args.epochs, args.max_steps, args.samples_per_epoch = 1, 1, 2
+        args.consep_images = args.consep_images or 1
         WIDGET_DEFAULTS["batch_size"] = 2
 
     t0 = time.perf_counter()
@@ -199,98 +202,107 @@ def main(argv: list[str] | None = None) -> dict:
         consep = link_subset(consep, stems, work / "consep", ("input", "gt"), {"input": ".png", "gt": "_gt.png"})
 
     init = str(default_model_path())
-    chosen_options = dict(FINETUNE_DEFAULTS)
-    for key in ("optimizer", "lr", "warmup"):
-        if getattr(args, key) is not None:
-            chosen_options[key] = getattr(args, key)
-    if args.keep_weight is not None:
-        chosen_options["keep_weight"] = args.keep_weight
-    config = TrainConfig(
-        train_dir=str(pairs),
-        out=str(work / "run"),
-        init=init,
-        val_fraction=WIDGET_DEFAULTS["val_fraction"],
-        epochs=args.epochs,
-        batch_size=WIDGET_DEFAULTS["batch_size"],
-        patch=WIDGET_DEFAULTS["patch"],
-        num_workers=WIDGET_DEFAULTS["num_workers"],
-        max_steps=args.max_steps,
-        samples_per_epoch=args.samples_per_epoch,
-        seed=args.seed,
-        **chosen_options,
-    )
-
-    def show(event) -> None:
-        if isinstance(event, TrainStart):
-            print(f"training: {event.train_images} pairs, {event.steps_per_epoch} steps/epoch", file=sys.stderr)
-        elif isinstance(event, EpochEvent):
-            print(
-                f"epoch {event.epoch}: loss {event.train_loss:.4f} review score {event.score:.4f} "
-                f"held agreement {event.val.get('review_held_agreement')} "
-                f"untouched changed {event.val.get('untouched_changed')} best epoch {event.best_epoch}",
-                file=sys.stderr,
-            )
-
-    t_train = time.perf_counter()
-    result = run_training(config, on_event=show)
-    train_seconds = time.perf_counter() - t_train
-    review = json.loads((Path(result.run_dir) / "review.json").read_text())
-    after_ckpt = result.best_checkpoint
-
     before = point_scores(held_dir, None, settings)
-    after = point_scores(held_dir, after_ckpt, settings)
     skip = {"detection_f1": None}
     consep_before = skip if args.skip_consep else consep_scores(consep, init)
-    consep_after = skip if args.skip_consep else consep_scores(consep, after_ckpt)
-    best_review = review["before"] if result.best_epoch == 0 else review["epochs"][result.best_epoch - 1]
+    candidates = [dict(FINETUNE_DEFAULTS)]
+    for key in ("optimizer", "lr", "warmup", "keep_weight"):
+        if getattr(args, key) is not None:
+            candidates[0][key] = getattr(args, key)
+    for spec in args.compare:  # optimizer:lr:warmup, e.g. rmsprop:1e-4:0
+        optimizer, lr, warmup = spec.split(":")
+        candidates.append({**candidates[0], "optimizer": optimizer, "lr": float(lr), "warmup": int(warmup)})
 
     def delta(a, b):
         return None if a is None or b is None else round(b - a, 4)
 
-    lost = [
-        c for c, name in ((1, "tumor"), (2, "non-tumor"), (3, "boundary"))
-        if review["before"]["class_share"][c] > 0 and best_review["class_share"][c] == 0
-    ]  # fmt: skip
+    runs = []
+    for k, options in enumerate(candidates):
+        config = TrainConfig(
+            train_dir=str(pairs),
+            out=str(work / f"run{k}"),
+            init=init,
+            val_fraction=WIDGET_DEFAULTS["val_fraction"],
+            epochs=args.epochs,
+            batch_size=WIDGET_DEFAULTS["batch_size"],
+            patch=WIDGET_DEFAULTS["patch"],
+            num_workers=WIDGET_DEFAULTS["num_workers"],
+            max_steps=args.max_steps,
+            samples_per_epoch=args.samples_per_epoch,
+            seed=args.seed,
+            **options,
+        )
+        t_train = time.perf_counter()
+        result = run_training(config, on_event=show)
+        train_seconds = time.perf_counter() - t_train
+        review = json.loads((Path(result.run_dir) / "review.json").read_text())
+        after_ckpt = result.best_checkpoint
+        after = point_scores(held_dir, after_ckpt, settings)
+        consep_after = skip if args.skip_consep else consep_scores(consep, after_ckpt)
+        best_review = review["before"] if result.best_epoch == 0 else review["epochs"][result.best_epoch - 1]
+        last_review = review["epochs"][-1] if review["epochs"] else review["before"]
+        lost = [
+            name for c, name in ((1, "tumor"), (2, "non-tumor"), (3, "boundary"))
+            if review["before"]["class_share"][c] > 0 and best_review["class_share"][c] == 0
+        ]  # fmt: skip
+        change = {
+            "tumor_type_f1": delta(before["type_f1_tumor"], after["type_f1_tumor"]),
+            "cellularity_mae": delta(before["cellularity_mae"], after["cellularity_mae"]),
+            "consep_detection_f1": delta(consep_before["detection_f1"], consep_after["detection_f1"]),
+        }
+        runs.append(
+            {
+                "config": {
+                    key: getattr(config, key)
+                    for key in ("optimizer", "lr", "warmup", "keep_weight", "epochs", "batch_size", "patch")
+                }
+                | {"max_steps": args.max_steps, "samples_per_epoch": args.samples_per_epoch},
+                "best_epoch": result.best_epoch,
+                "epochs_done": result.epochs_done,
+                "train_seconds": round(train_seconds, 1),
+                "review_before": review["before"],
+                "review_best": best_review,
+                "review_last": last_review,
+                "held_after": after,
+                "consep_after": consep_after,
+                "change": change,
+                "classes_lost": lost,
+                "targets_met": {
+                    "tumor_type_f1_up_0.10": change["tumor_type_f1"] is not None and change["tumor_type_f1"] >= 0.10,
+                    "no_class_lost": not lost and after["tumor_cells"] > 0 and after["non_tumor_cells"] > 0,
+                    "consep_detection_f1_down_at_most_0.02": change["consep_detection_f1"] is not None
+                    and change["consep_detection_f1"] >= -0.02,
+                },
+            }
+        )
+        print(f"run {k} {options}: {change}", file=sys.stderr)
+
     figures = {
         "site": args.site,
         "corrected_images": corrected_names,
         "corrections": corrections,
         "held_images": held_names,
         "crop": args.crop or None,
-        "training": {
-            "config": {
-                k: getattr(config, k)
-                for k in ("optimizer", "lr", "warmup", "keep_weight", "epochs", "batch_size", "patch")
-            }
-            | {"max_steps": args.max_steps, "samples_per_epoch": args.samples_per_epoch},
-            "best_epoch": result.best_epoch,
-            "epochs_done": result.epochs_done,
-            "seconds": round(train_seconds, 1),
-            "review_before": review["before"],
-            "review_best": best_review,
-        },
         "held_before": before,
-        "held_after": after,
         "consep_before": consep_before,
-        "consep_after": consep_after,
         "consep_images": args.consep_images or "all",
-        "change": {
-            "tumor_type_f1": delta(before["type_f1_tumor"], after["type_f1_tumor"]),
-            "cellularity_mae": delta(before["cellularity_mae"], after["cellularity_mae"]),
-            "consep_detection_f1": delta(consep_before["detection_f1"], consep_after["detection_f1"]),
-        },
-        "classes_lost": lost,
+        "runs": runs,  # the first with the defaults (FINETUNE_DEFAULTS), then --compare
         "seconds": round(time.perf_counter() - t0, 1),
-    }
-    c = figures["change"]
-    figures["targets_met"] = {
-        "tumor_type_f1_up_0.10": c["tumor_type_f1"] is not None and c["tumor_type_f1"] >= 0.10,
-        "no_class_lost": not lost and after["tumor_cells"] > 0 and after["non_tumor_cells"] > 0,
-        "consep_detection_f1_down_at_most_0.02": c["consep_detection_f1"] is not None
-        and c["consep_detection_f1"] >= -0.02,
     }
     print(json.dumps(figures, indent=2, default=float))
     return figures
+
+
+def show(event) -> None:
+    if isinstance(event, TrainStart):
+        print(f"training: {event.train_images} pairs, {event.steps_per_epoch} steps/epoch", file=sys.stderr)
+    elif isinstance(event, EpochEvent):
+        print(
+            f"epoch {event.epoch}: loss {event.train_loss:.4f} score {event.score:.4f} "
+            f"agreement {event.val.get('review_agreement')} held {event.val.get('review_held_agreement')} "
+            f"untouched changed {event.val.get('untouched_changed')} best epoch {event.best_epoch}",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import torch
 from _trainsets import blob_image, write_set
 from napari_histoseg.classes import NON_TUMOR, TUMOR
 from napari_histoseg.export_pairs import PairExportError, reviewed_from_edits, save_pair
+from napari_histoseg.model.checkpoint import read_card
 from napari_histoseg.training.config import TrainConfig
 from napari_histoseg.training.corrections import (
     FINETUNE_DEFAULTS,
@@ -129,6 +130,10 @@ def test_finetune_on_one_corrected_pair_keeps_the_model(start_model, tmp_path):
     # The model kept is never worse than the starting model by the run's own score, and did not collapse:
     # every class the starting model drew is still drawn, and little of what the user did not touch changed.
     assert result.best_score >= before["review_score"] - 1e-9
+    # It decides classes as the starting model did: same logit bias, stain target and resolution.
+    start, best_card = read_card(start_model), read_card(result.best_checkpoint)
+    assert best_card.logit_bias == pytest.approx(start.logit_bias, abs=1e-5)
+    assert best_card.stain_target == start.stain_target and best_card.mpp == start.mpp
     for c in (1, 2, 3):
         if before["class_share"][c] > 0.002:
             assert best["class_share"][c] > 0.25 * before["class_share"][c]

@@ -317,6 +317,11 @@ def train(
         stain = pooled_stain_stats(train_samples)  # the colours inference maps slides onto
     # Pairs that record their um/px are resampled to the model's; corrected pairs teach only what was reviewed.
     train_samples, val_samples, review = prepare_samples(train_samples, val_samples, model_mpp, stain, config.seed)
+    if review and init_card is not None and init_card.logit_bias:
+        # Corrections fine-tune the starting model where it is: with its class weights and logit bias (exp(-bias)),
+        # not the few corrected images' class frequencies, which would move every decision (and the epoch-0 "best"
+        # would not be the starting model).
+        class_weights = np.exp(-np.asarray(init_card.logit_bias, dtype=np.float64)).astype(np.float32)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
