@@ -412,6 +412,13 @@ def _add_train(sub) -> None:
         default=None,
         help="keep BatchNorm statistics fixed (default: when fine-tuning with --init or with batches under 8)",
     )
+    p.add_argument(
+        "--keep-weight",
+        type=float,
+        default=defaults.keep_weight,
+        help="corrected pairs (reviewed/<name>.png): weight of the term holding the unreviewed pixels at the "
+        "starting model's classes (0 = ignore them; docs/fine-tuning.md)",
+    )
     pts = p.add_argument_group("point-labelled data (input/<name>.png + points/<name>.csv with y,x,class)")
     pts.add_argument("--points", dest="points_dirs", action="append", metavar="DIR", help="train on it too")
     pts.add_argument("--points-val", metavar="DIR", help="score it at every validation (joins the selection score)")
