@@ -4,7 +4,7 @@
 
 States: the Segment form on the sample slide (its resolution from the file); a slide that states no resolution
 (TCGA-CR-7395 from the shared data, when present); the Advanced section open; a run in progress (the bundled model
-on a 400 px region of the sample slide, blocks of 512 px); the result with its readout (cellularity first, details
+on a 256 px region of the sample slide, one block); the result with its readout (cellularity first, details
 open); the Train widget as a tab beside Segment, with a loss plot. The dock is 360 px wide, as on a laptop.
 """
 
@@ -74,27 +74,27 @@ def main() -> None:
     save(viewer, args.out, "segment-advanced.png")
     segment.advanced.expanded = False
 
-    # A run on a region of the sample slide: progress, then the result.
-    box = [[1200, 1000], [1200, 1400], [1600, 1400], [1600, 1000]]
+    # A run on a region of the sample slide (one block of 256 px: a few minutes on a busy CPU): progress, result.
+    y0, x0, side = 1280, 1024, 256
+    box = [[y0, x0], [y0, x0 + side], [y0 + side, x0 + side], [y0 + side, x0]]
     shapes = viewer.add_shapes([box], scale=image.scale, name="region", edge_color="yellow", face_color="transparent")
     segment.image.value = image
     segment.extent.value = "shapes"
     segment.shapes.value = shapes
-    segment.block.value = 512
+    segment.block.value = 256
     segment.new_layer.value = False
     segment.output_dir.value = tempfile.mkdtemp(prefix="histoseg-screenshots-")
-    viewer.scene.camera.center = (0, 1400 * image.scale[0], 1200 * image.scale[1])
-    viewer.scene.camera.zoom = viewer.canvas.size[0] / (700 * image.scale[0])
+    viewer.scene.camera.center = (0, (y0 + side / 2) * image.scale[0], (x0 + side / 2) * image.scale[1])
+    viewer.scene.camera.zoom = viewer.canvas.size[0] / (1.6 * side * image.scale[0])
     segment.run_button.clicked.emit()
-    deadline = time.monotonic() + 600
-    while segment.runner.running and time.monotonic() < deadline:
-        pump(0.5)
-        reading = segment.progress.text.value
-        if "tile" in reading and "left" in reading and segment.progress.bar.value >= segment.progress.bar.max // 3:
-            save(viewer, args.out, "segment-progress.png")
-            break
+    deadline = time.monotonic() + 1800
+    shot = False
     while (segment.runner.running or segment.measurer.running) and time.monotonic() < deadline:
         pump(0.5)
+        bar = segment.progress.bar
+        if not shot and "left" in segment.progress.text.value and bar.max and bar.value >= bar.max // 3:
+            save(viewer, args.out, "segment-progress.png")
+            shot = True
     segment.result.section.expanded = True
     pump(3)
     save(viewer, args.out, "segment-result.png")

@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
-from qtpy.QtCore import QPoint
+from qtpy.QtCore import QPoint, QRect
 from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLabel, QLineEdit
 from superqt import QElidingLabel
 
@@ -49,6 +49,16 @@ def _notifications() -> list[str]:
     return messages
 
 
+def _shown_rect(child, root) -> QRect:
+    """The part of ``child`` its ancestors up to ``root`` leave visible (each ancestor clips its children)."""
+    rect = QRect(child.mapTo(root, QPoint(0, 0)), child.size())
+    parent = child.parentWidget()
+    while parent is not None and parent is not root:
+        rect = rect.intersected(QRect(parent.mapTo(root, QPoint(0, 0)), parent.size()))
+        parent = parent.parentWidget()
+    return rect.intersected(root.rect())
+
+
 def _clipped(root) -> list[str]:
     """Visible controls of ``root`` cut off on the right or squeezed below the size their content needs."""
     problems = []
@@ -58,12 +68,13 @@ def _clipped(root) -> list[str]:
             continue
         if isinstance(child, QLabel) and (child.wordWrap() or not child.text()):
             continue
-        right = child.mapTo(root, QPoint(child.width(), 0)).x()
         name = f"{type(child).__name__} {getattr(child, 'text', lambda: '')()!r}"
-        if right > root.width() + 1:
-            problems.append(f"{name} ends at x={right} > {root.width()}")
-        if child.width() < child.minimumSizeHint().width():
-            problems.append(f"{name} is {child.width()} px wide, needs {child.minimumSizeHint().width()}")
+        shown = _shown_rect(child, root)
+        if shown.size() != child.size():
+            problems.append(f"{name}: {shown.width()} x {shown.height()} of {child.width()} x {child.height()} shown")
+        hint = child.minimumSizeHint()
+        if child.width() < hint.width() or child.height() < hint.height():
+            problems.append(f"{name} is {child.width()} x {child.height()} px, needs {hint.width()} x {hint.height()}")
     return problems
 
 
@@ -124,8 +135,8 @@ def test_unknown_resolution_is_marked_notified_and_asked_for(make_napari_viewer,
     widget = SegmentWidget(viewer)
     assert widget.image.value is tcga
     assert widget.resolution.value is None and widget.resolution.unknown
-    assert "states no resolution" in widget.resolution.note.value
-    assert widget.resolution.spin.native.styleSheet()  # marked
+    assert "not in the file" in widget.resolution.note.value
+    assert widget.resolution.note.native.styleSheet()  # marked
     qtbot.waitUntil(lambda: any("tcga-cr-7395" in m and "no resolution" in m for m in messages), timeout=5_000)
 
     messages.clear()
@@ -141,7 +152,7 @@ def test_unknown_resolution_is_marked_notified_and_asked_for(make_napari_viewer,
     [cmu] = viewer.open(str(cmu_svs), plugin=PLUGIN)
     widget.image.value = cmu
     assert widget.resolution.value == pytest.approx(0.499, abs=1e-3)
-    assert widget.resolution.note.value == "from the file" and not widget.resolution.spin.native.styleSheet()
+    assert widget.resolution.note.value == "from the file" and not widget.resolution.note.native.styleSheet()
     widget.image.value = tcga  # the value entered for it is kept
     assert widget.resolution.value == 0.25
 

@@ -13,7 +13,7 @@ from .form import tip
 from .readout import readout_label
 
 MPP_KEY = "histoseg_mpp"  # image layer metadata: {"mpp": float, "source": "entered" | "estimated", "note": str}
-UNKNOWN_STYLE = "QDoubleSpinBox { border: 2px solid #e8a33d; }"
+UNKNOWN_STYLE = "color: #f0a840; font-weight: bold;"  # the note, when the file states no resolution
 MICRON_UNITS = ("micrometer", "micron", "um", "\u00b5m")
 
 
@@ -65,11 +65,11 @@ class ResolutionField(Container):
         """Show a value and where it comes from; an unknown value is marked."""
         self.value = mpp
         unknown = mpp is None
-        self.spin.native.setStyleSheet(UNKNOWN_STYLE if unknown else "")
+        self.note.native.setStyleSheet(UNKNOWN_STYLE if unknown else "")
         if note:
             text = note
         elif unknown:
-            text = "\u26a0 the image states no resolution: enter it or press Estimate"
+            text = "\u26a0 not in the file: enter it or Estimate"
         else:
             text = {"file": "from the file", "scale": "from the layer's scale", "entered": "entered by you"}.get(
                 source, source

@@ -107,7 +107,6 @@ class SegmentWidget(Container):
         self.resolution = ResolutionField()
         self.model = ComboBox(label="model", choices=self._models)
         self.extent = RadioButtons(label="segment", choices=EXTENTS, value=EXTENTS[0])
-        self.extent.native.setMinimumHeight(self.extent.native.sizeHint().height())  # never squeezed by the form
         self.shapes = ComboBox(label="regions", choices=self._layers(Shapes))
         self.view_note = Label(value="")
         self.view_note.native.setWordWrap(True)
@@ -192,6 +191,8 @@ class SegmentWidget(Container):
         self.shapes.visible = self.extent.value == "shapes" or bool(self.shapes.choices)
         self.cellularity_map.visible = self.measure.value
         self.view_note.visible = self.extent.value == "current view"
+        # The radio group is never squeezed by a taller row above it (a wrapped note).
+        self.extent.native.setMinimumHeight(self.extent.native.minimumSizeHint().height())
         self._view_changed()
 
     def _image_changed(self, _=None) -> None:
