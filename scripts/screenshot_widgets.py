@@ -76,7 +76,8 @@ def main() -> None:
 
     # A run on a region of the sample slide (one block of 256 px: a few minutes on a busy CPU): progress, result.
     y0, x0, side = 1280, 1024, 256
-    box = [[y0, x0], [y0, x0 + side], [y0 + side, x0 + side], [y0 + side, x0]]
+    far = side - 1  # vertices are pixel centres: the last row and column of the block
+    box = [[y0, x0], [y0, x0 + far], [y0 + far, x0 + far], [y0 + far, x0]]
     shapes = viewer.add_shapes([box], scale=image.scale, name="region", edge_color="yellow", face_color="transparent")
     segment.image.value = image
     segment.extent.value = "shapes"
@@ -96,6 +97,7 @@ def main() -> None:
             save(viewer, args.out, "segment-progress.png")
             shot = True
     segment.result.section.expanded = True
+    viewer.scene.camera.zoom *= 1.001  # napari reloads the new result's tiles on a camera change
     pump(3)
     save(viewer, args.out, "segment-result.png")
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from magicgui.widgets import Container, Label, ProgressBar
+from magicgui.widgets import Container, ProgressBar
 
 from .job_meter import MeterReading
+from .readout import readout_label
 
 
 class ProgressPanel(Container):
@@ -13,8 +14,7 @@ class ProgressPanel(Container):
     def __init__(self):
         self.bar = ProgressBar(min=0, max=1, value=0)
         self.bar.native.setTextVisible(False)
-        self.text = Label(value="")
-        self.text.native.setWordWrap(True)
+        self.text = readout_label()  # wraps, and keeps the height its lines need
         super().__init__(widgets=[self.text, self.bar], labels=False)
         self.margins = (0, 0, 0, 0)
         self.visible = False

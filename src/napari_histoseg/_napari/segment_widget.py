@@ -28,7 +28,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_histoseg.export_pairs import safe_name
 
 from . import layers as L
-from .edits import on_edits_settled
+from .edits import on_edits_settled, was_edited
 from .form import PathField, Section, tip
 from .job_meter import JobMeter, MeterReading
 from .model_registry import registry_for
@@ -342,7 +342,9 @@ class SegmentWidget(Container):
         folder = self.output_dir.value or default_output_dir()
         path = folder / f"{safe_name(image.name)}.labels.zarr"
         k = 1
-        while self.new_layer.value and path.exists():
+        # A result the user corrected keeps its store too: painting a slide result writes into it.
+        edited = any(lay.metadata.get(L.SOURCE_KEY) == image.name and was_edited(lay) for lay in self.viewer.layers)
+        while (self.new_layer.value or edited) and path.exists():
             k += 1
             path = folder / f"{safe_name(image.name)}_{k}.labels.zarr"
         return path
@@ -489,6 +491,8 @@ class SegmentWidget(Container):
         )
 
     def _counting(self, done: int, total: int, _text: str) -> None:
+        if not self.measurer.running:  # a late event (the bar's update can process the "finished" signal first)
+            return
         self.progress.show_reading(MeterReading("counting cells", done, total, "block", None, None))
 
     def _measure_pending(self) -> None:
