@@ -67,3 +67,16 @@ def test_estimate_on_the_cmu_slide(cmu_svs) -> None:
         est = estimate_mpp(slide.levels, model, card)
     assert est.mpp == pytest.approx(0.499, rel=0.2), est.text
     assert est.nuclei > 100
+
+
+def test_crossing_interpolates_where_the_area_meets_the_typical_one() -> None:
+    from napari_histoseg.engine.mpp_estimate import crossing
+
+    scales, counts = (0.25, 0.5, 1.0), (50, 80, 60)
+    mpp, crossed = crossing(scales, (6.0, 12.0, 24.0), counts, typical=12.0)
+    assert crossed and mpp == pytest.approx(0.5)
+    mpp, crossed = crossing(scales, (6.0, 8.0, 16.0), counts, typical=12.0)  # between 0.5 and 1.0, in log-log
+    assert crossed and 0.5 < mpp < 1.0
+    assert mpp == pytest.approx(0.5 * 2 ** (np.log(12 / 8) / np.log(2)))
+    mpp, crossed = crossing(scales, (6.0, 10.0, 7.0), counts, typical=12.0)  # never reaches it: the closest
+    assert not crossed and mpp == 0.5

@@ -1,13 +1,13 @@
 """Estimate an image's resolution (microns per pixel) from the size of its nuclei.
 
 A slide that states no resolution would be segmented at the wrong scale. Nuclei have a typical size, so the scale
-can be read off the image: segment a few tissue tiles with the model at an assumed resolution, measure the median
-nucleus area, and rescale the assumption by the square root of (typical area / measured area); repeat from the new
-assumption until it settles. The typical area is what the bundled model measures at its own resolution on its
+can be read off the image: segment a few tissue tiles with the model as if the image were at each of a range of
+resolutions (about 60x to 10x), measure the median nucleus area at each, and take the resolution where it crosses
+the typical area. The typical area is what the bundled model measures at its own resolution on its
 training images (CoNSeP, 0.25 um/px), so the model's own size bias cancels out.
 
-The estimate's confidence comes from how well it settled, how many nuclei were measured and how far the tiles
-agree with each other.
+The estimate's confidence comes from whether the area crossed the typical one at all, how many nuclei were
+measured and how far the tiles (each estimated on its own) agree with each other.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ TYPICAL_NUCLEUS_UM2 = 11.7
 MIN_NUCLEUS_UM2 = 4.0  # smaller specks are not counted
 TILE_MODEL_PX = 384  # side of a measured tile, in pixels at the model's resolution
 MPP_RANGE = (0.1, 2.0)
-START_MPP = 0.5  # 20x, the commonest scan; the search moves from there
+START_MPP = 0.5  # 20x, the commonest scan (tissue tiles are chosen for it)
+SCALES = (0.18, 0.25, 0.35, 0.5, 0.7, 1.0)  # um/px tried: about 60x to 10x
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class MppEstimate:
     nuclei: int
     tiles: int
     spread: float  # relative spread (interquartile range / median) of the per-tile estimates
-    steps: list[float]  # the assumed resolutions, in order
+    steps: list[float]  # the resolutions tried
 
     @property
     def text(self) -> str:
@@ -61,7 +62,7 @@ class MppEstimate:
 
 @dataclass(frozen=True)
 class EstimateProgress:
-    """One tile measured (``done`` of ``total`` over all steps)."""
+    """One tile measured (``done`` of ``total`` over all scales)."""
 
     done: int
     total: int
@@ -144,60 +145,69 @@ def estimate_mpp_job(
     *,
     settings: InferenceSettings | None = None,
     tiles: int = 4,
-    steps: int = 4,
-    start_mpp: float = START_MPP,
+    scales: Sequence[float] = SCALES,
     typical_um2: float = TYPICAL_NUCLEUS_UM2,
     cancel: threading.Event | None = None,
 ) -> Generator[EstimateProgress, None, MppEstimate]:
     """Generator: yields :class:`EstimateProgress` per tile, returns the :class:`MppEstimate` of ``image``.
 
     ``image``: level 0 (H, W, 3) array-like or a list of pyramid levels. ``card.mpp`` is the model's resolution.
+    Each tile is segmented as if the image were at each of ``scales`` um/px; the estimate is where the median
+    nucleus area crosses ``typical_um2`` (interpolated in log scale; the crossing with the most nuclei when there
+    are several), or the scale closest to it when it never crosses (low confidence).
     """
     if not card.mpp:
         raise ValueError("the model card states no resolution (mpp): it cannot measure one")
     settings = settings or InferenceSettings(tile=256, overlap=0.25, opening_radius=2, skip_background=False)
     levels = list(image) if isinstance(image, (list, tuple)) else [image]
     level0 = levels[0]
-    centres = tissue_tile_centres(levels, tiles, int(TILE_MODEL_PX * card.mpp / start_mpp * 2))
+    centres = tissue_tile_centres(levels, tiles, int(TILE_MODEL_PX * card.mpp / START_MPP * 2))
     min_px = max(4, int(MIN_NUCLEUS_UM2 / card.mpp**2))
-    mpp, history, done = float(start_mpp), [], 0
-    per_tile: list[float] = []
-    nuclei = 0
-    for _ in range(steps):
-        history.append(mpp)
+    pooled: list[np.ndarray] = []  # per scale: the areas (um^2) of all tiles
+    per_tile: dict[int, list[float]] = {}  # per tile: its median area (um^2) at each scale
+    done = 0
+    total = len(scales) * len(centres)
+    for mpp in scales:
         size = int(round(TILE_MODEL_PX * card.mpp / mpp))  # image px that make TILE_MODEL_PX at the model's scale
-        per_tile, nuclei, all_areas = [], 0, []
         boxes = {crop_origin(level0.shape, c, size): c for c in centres}  # a small image: one crop, not four
-        for centre in boxes.values():
+        found = []
+        for k, centre in enumerate(boxes.values()):
             if cancel is not None and cancel.is_set():
                 return None
             tile = resample(read_tile(level0, centre, size), mpp / card.mpp)
-            result = None
-            job = segment_image(tile, model, card, settings, mpp=card.mpp, name="estimate")
-            for event in job:
-                result = event
-            areas = nucleus_areas(result.labels, min_px)
+            *_, result = segment_image(tile, model, card, settings, mpp=card.mpp, name="estimate")
+            areas = nucleus_areas(result.labels, min_px) * card.mpp**2
+            found.append(areas)
+            per_tile.setdefault(k, []).append(float(np.median(areas)) if len(areas) >= 3 else 0.0)
             done += 1
-            yield EstimateProgress(done, steps * len(boxes))
-            if len(areas) >= 3:
-                um2 = float(np.median(areas)) * card.mpp**2
-                per_tile.append(mpp * math.sqrt(typical_um2 / um2))
-            nuclei += len(areas)
-            all_areas.append(areas)
-        areas = np.concatenate(all_areas) if all_areas else np.zeros(0)
-        if len(areas) < 5:
-            new = mpp * 1.6 if mpp < 1 else mpp / 3  # nothing recognisable: try another scale
-        else:
-            new = mpp * math.sqrt(typical_um2 / (float(np.median(areas)) * card.mpp**2))
-        new = float(np.clip(new, *MPP_RANGE))
-        settled = abs(new - mpp) / mpp < 0.03
-        mpp = new
-        if settled:
-            break
-    history.append(mpp)
-    spread = _spread(per_tile)
-    change = abs(history[-1] - history[-2]) / history[-1]
-    return MppEstimate(mpp, _confidence(change, nuclei, spread), nuclei, len(per_tile), spread, history)
+            yield EstimateProgress(done, total)
+        pooled.append(np.concatenate(found) if found else np.zeros(0))
+    medians = [float(np.median(a)) if len(a) >= 3 else 0.0 for a in pooled]
+    counts = [len(a) for a in pooled]
+    mpp, crossed = crossing(scales, medians, counts, typical_um2)
+    tile_estimates = [crossing(scales, m, counts, typical_um2)[0] for m in per_tile.values() if len(m) == len(scales)]
+    spread = _spread(tile_estimates)
+    nuclei = counts[int(np.argmin([abs(math.log(s / mpp)) for s in scales]))]
+    return MppEstimate(mpp, _confidence(crossed, nuclei, spread), nuclei, len(tile_estimates), spread, list(scales))
+
+
+def crossing(
+    scales: Sequence[float], medians: Sequence[float], counts: Sequence[int], typical: float
+) -> tuple[float, bool]:
+    """Where the median area crosses ``typical`` (log-log interpolation), and whether it did cross."""
+    r = [math.log(m / typical) if m > 0 else None for m in medians]
+    found = []
+    for i in range(len(scales) - 1):
+        a, b = r[i], r[i + 1]
+        if a is None or b is None or (a != 0 and (a > 0) == (b > 0)):
+            continue
+        t = a / (a - b) if a != b else 0.0
+        log_mpp = math.log(scales[i]) + t * (math.log(scales[i + 1]) - math.log(scales[i]))
+        found.append((counts[i] + counts[i + 1], math.exp(log_mpp)))
+    if found:
+        return max(found)[1], True
+    known = [(abs(x), s) for x, s in zip(r, scales, strict=True) if x is not None]
+    return (min(known)[1], False) if known else (START_MPP, False)
 
 
 def _spread(values: Sequence[float]) -> float:
@@ -207,10 +217,10 @@ def _spread(values: Sequence[float]) -> float:
     return float((q3 - q1) / med) if med else 1.0
 
 
-def _confidence(change: float, nuclei: int, spread: float) -> str:
-    if change < 0.05 and nuclei >= 100 and spread < 0.15:
+def _confidence(crossed: bool, nuclei: int, spread: float) -> str:
+    if crossed and nuclei >= 100 and spread < 0.15:
         return "high"
-    if change < 0.15 and nuclei >= 30 and spread < 0.35:
+    if crossed and nuclei >= 30 and spread < 0.35:
         return "medium"
     return "low"
 
