@@ -500,7 +500,6 @@ def write_labels_tiff(
     ``source``: a LabelStore (its pyramid is copied), napari multiscale data, or a 2-D array (pyramid by striding).
     ``mpp``: microns per pixel of level 0, written as the resolution (and OME PhysicalSize for ``.ome.tif``).
     """
-    import tifffile
 
     path = Path(path)
     if tile % 16:
@@ -513,6 +512,21 @@ def write_labels_tiff(
     metadata = {"axes": "YX"}
     if mpp and ome:
         metadata.update({"PhysicalSizeX": mpp, "PhysicalSizeY": mpp, "PhysicalSizeXUnit": "µm"})
+    part = path.with_name(f".{path.name}.part")  # renamed when whole: a cut-short TIFF never takes the name
+    try:
+        _write_tiff_levels(part, levels, mpp, tile, compression, ome, metadata)
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_tiff_levels(
+    path: Path, levels: list[Any], mpp: float | None, tile: int, compression: str, ome: bool, metadata: dict
+) -> None:
+    import tifffile
+
     with tifffile.TiffWriter(path, bigtiff=levels[0].shape[0] * levels[0].shape[1] > 2**31, ome=ome) as tif:
         for k, level in enumerate(levels):
             options = {
@@ -532,7 +546,6 @@ def write_labels_tiff(
             else:
                 options.update(subfiletype=1, metadata=None)
             tif.write(_tiles(level, tile), **options)
-    return path
 
 
 def _source_roots(source: Any) -> list[Path]:
