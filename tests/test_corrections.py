@@ -24,7 +24,7 @@ from napari_histoseg.training.corrections import (
 )
 from napari_histoseg.training.data import find_pairs, load_pairs
 from napari_histoseg.training.loss import weighted_cross_entropy
-from napari_histoseg.training.point_targets import IGNORE
+from napari_histoseg.training.point_targets import CELL_ANY, IGNORE
 from napari_histoseg.training.train import run_training, split_data
 
 torch.set_num_threads(1)
@@ -66,14 +66,14 @@ def test_codes_and_loss():
     reviewed = np.array([[True, True], [False, False]])
     held = np.array([[False, True], [False, False]])
     codes = encode_targets(labels, reviewed, held)
-    assert codes.tolist() == [[0, IGNORE], [KEEP + 2, KEEP + 3]]
+    assert codes.tolist() == [[0, IGNORE], [KEEP + CELL_ANY, KEEP + 3]]  # an unreviewed cell keeps being a cell
     torch.manual_seed(0)
     logits = torch.randn(1, 4, 2, 2)
     weights = torch.ones(4)
     t = torch.from_numpy(codes.astype(np.int64))[None]
     only_reviewed = weighted_cross_entropy(logits, torch.tensor([[[0, IGNORE], [IGNORE, IGNORE]]]), weights)
     assert torch.isclose(correction_loss(logits, t, weights, keep_weight=0.0), only_reviewed)
-    kept = weighted_cross_entropy(logits, torch.tensor([[[IGNORE, IGNORE], [2, 3]]]), weights)
+    kept = weighted_cross_entropy(logits, torch.tensor([[[IGNORE, IGNORE], [CELL_ANY, 3]]]), weights)
     assert torch.isclose(correction_loss(logits, t, weights, keep_weight=0.5), only_reviewed + 0.5 * kept)
 
 

@@ -9,7 +9,9 @@ pixel of such a pair gets a code (:func:`encode_targets`):
 - reviewed, held aside: :data:`~.point_targets.IGNORE`: about a fifth of the reviewed cells of each image (when it
   has at least :data:`MIN_CELLS_TO_HOLD`) are never trained on and measure whether the corrections generalise;
 - not reviewed: ``KEEP + c``, c the class the starting model gave it (the pair's labels there are its output):
-  a self-distillation term that holds the model close to where it started on everything the user did not touch.
+  a self-distillation term that holds the model close to where it started on everything the user did not touch;
+  for its cells only *that* they are cells (``KEEP + CELL_ANY``: either type), since holding their types would
+  re-teach on hundreds of cells the very mistake the user corrected on a few dozen.
 
 The loss (:func:`correction_loss`) is the weighted cross-entropy of the reviewed pixels plus ``keep_weight`` times
 that of the kept pixels, each normalised over its own pixels, so that a few corrected cells count as much as the
@@ -42,7 +44,7 @@ from ..fileio import atomic_write, json_safe
 from ..stain import LabStats
 from .data import Sample
 from .loss import weighted_cross_entropy
-from .point_targets import IGNORE
+from .point_targets import CELL_ANY, IGNORE
 
 #: Target code base: ``KEEP + c`` = "not reviewed; the starting model said class c" (held close to it).
 KEEP = 8
@@ -117,8 +119,10 @@ def held_regions(reviewed: np.ndarray, seed: int, name: str = "") -> tuple[np.nd
 
 
 def encode_targets(labels: np.ndarray, reviewed: np.ndarray, held: np.ndarray | None = None) -> np.ndarray:
-    """Training codes (H, W) uint8: reviewed pixels their class, held-aside ones IGNORE, the rest ``KEEP + c``."""
-    codes = np.where(reviewed, labels, KEEP + labels).astype(np.uint8)
+    """Training codes (H, W) uint8: reviewed pixels their class, held-aside ones IGNORE, the rest ``KEEP + c``
+    (``KEEP + CELL_ANY`` for a cell pixel)."""
+    kept = np.where((labels == TUMOR) | (labels == NON_TUMOR), CELL_ANY, labels)
+    codes = np.where(reviewed, labels, KEEP + kept).astype(np.uint8)
     if held is not None:
         codes[held] = IGNORE
     return codes
@@ -157,7 +161,7 @@ def correction_loss(
     logits: torch.Tensor, codes: torch.Tensor, class_weights: torch.Tensor, keep_weight: float = DEFAULT_KEEP_WEIGHT
 ) -> torch.Tensor:
     """Weighted cross-entropy of the reviewed (and ordinary) pixels + ``keep_weight`` x that of the kept ones."""
-    keep = (codes >= KEEP) & (codes < KEEP + NUM_CLASSES)
+    keep = (codes >= KEEP) & (codes <= KEEP + CELL_ANY)
     ignore = torch.full_like(codes, IGNORE)
     loss = weighted_cross_entropy(logits, torch.where(keep, ignore, codes), class_weights)
     if keep_weight > 0 and bool(keep.any()):
