@@ -187,14 +187,17 @@ def main(argv: list[str] | None = None) -> dict:
     settings = InferenceSettings()
     model, card = load_model(None)
     pairs = work / "pairs"
-    corrections = {}
+    corrections = cached(work / "corrections.json") or {}
     for k, name in enumerate(corrected_names):
+        if name in corrections:  # a rerun with the same --out reuses the pairs it saved
+            continue
         image = read_image(source / "input" / f"{name}.png")
         labels = run(segment_image(image, model, card, settings, mpp=BRCA_MPP, name=name)).labels
         fixed, reviewed, counts = correct(labels, read_points(source / "points" / f"{name}.csv"), args.cells, k)
         save_pair(image, fixed, pairs, name, reviewed=reviewed, mpp=BRCA_MPP)
         corrections[name] = counts
         print(f"corrected {name}: {counts}", file=sys.stderr)
+        (work / "corrections.json").write_text(json.dumps(corrections))
 
     consep = args.consep
     if args.consep_images:
@@ -202,9 +205,11 @@ def main(argv: list[str] | None = None) -> dict:
         consep = link_subset(consep, stems, work / "consep", ("input", "gt"), {"input": ".png", "gt": "_gt.png"})
 
     init = str(default_model_path())
-    before = point_scores(held_dir, None, settings)
+    before = cached(work / "held_before.json") or point_scores(held_dir, None, settings)
+    (work / "held_before.json").write_text(json.dumps(before))
     skip = {"detection_f1": None}
-    consep_before = skip if args.skip_consep else consep_scores(consep, init)
+    consep_before = skip if args.skip_consep else (cached(work / "consep_before.json") or consep_scores(consep, init))
+    (work / "consep_before.json").write_text(json.dumps(consep_before))
     candidates = [dict(FINETUNE_DEFAULTS)]
     for key in ("optimizer", "lr", "warmup", "keep_weight"):
         if getattr(args, key) is not None:
@@ -218,9 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     runs = []
     for k, options in enumerate(candidates):
+        run_dir = work / f"run{k}"
+        if run_dir.exists():  # a rerun: a fresh run folder
+            run_dir = work / f"run{k}-{time.strftime('%H%M%S')}"
         config = TrainConfig(
             train_dir=str(pairs),
-            out=str(work / f"run{k}"),
+            out=str(run_dir),
             init=init,
             val_fraction=WIDGET_DEFAULTS["val_fraction"],
             epochs=args.epochs,
@@ -289,8 +297,14 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,  # the first with the defaults (FINETUNE_DEFAULTS), then --compare
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    print(json.dumps(figures, indent=2, default=float))
+    text = json.dumps(figures, indent=2, default=float)
+    (work / "figures.json").write_text(text + "\n")
+    print(text)
     return figures
+
+
+def cached(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def show(event) -> None:

@@ -138,3 +138,21 @@ def test_finetune_on_one_corrected_pair_keeps_the_model(start_model, tmp_path):
         if before["class_share"][c] > 0.002:
             assert best["class_share"][c] > 0.25 * before["class_share"][c]
     assert best["untouched_changed"] < 0.2
+
+
+def test_review_line_for_the_status():
+    from napari_histoseg.training.corrections import format_review
+
+    assert format_review({"detection_f1": 0.7}) == ""
+    line = format_review(
+        {
+            "review_agreement": 0.9,
+            "review_held_agreement": float("nan"),
+            "untouched_changed": 0.012,
+            "review_before": {"review_agreement": 0.2, "review_held_agreement": 0.25},
+        }
+    )
+    assert (
+        line
+        == "corrected cells agreeing: 90% trained, n/a held aside; untouched pixels changed: 1.2% (before: 20%, 25%)"
+    )

@@ -357,11 +357,13 @@ class TrainWidget(Container):
     def _event(self, event) -> None:
         if hasattr(event, "best_epoch") and hasattr(event, "train_loss"):  # an epoch event
             self.plot.add(event.train_loss, event.score)
+            from napari_histoseg.training.corrections import format_review
             from napari_histoseg.training.evaluate import format_metrics
 
+            review = format_review(event.val)  # corrected pairs: agreement with the corrections, change elsewhere
             self.status.value = (
                 f"epoch {event.epoch}/{event.epochs}: loss {event.train_loss:.4f}, score {event.score:.3f} "
-                f"(best {event.best_score:.3f} at epoch {event.best_epoch})\n{format_metrics(event.val)}"
+                f"(best {event.best_score:.3f} at epoch {event.best_epoch})\n{review or format_metrics(event.val)}"
             )
 
     def _done(self, result) -> None:

@@ -292,3 +292,22 @@ def write_review_log(run_dir: str | Path, before: dict, epochs: list[dict]) -> P
     path = Path(run_dir) / "review.json"
     atomic_write(path, (json.dumps(json_safe({"before": before, "epochs": epochs}), indent=2) + "\n").encode())
     return path
+
+
+def format_review(metrics: dict, before: dict | None = None) -> str:
+    """One line on the corrections for a status display ("" without review metrics)."""
+    if "review_agreement" not in metrics:
+        return ""
+
+    def pct(value) -> str:
+        return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.0f}%"
+
+    text = (
+        f"corrected cells agreeing: {pct(metrics['review_agreement'])} trained, "
+        f"{pct(metrics['review_held_agreement'])} held aside; untouched pixels changed: "
+        f"{100 * metrics['untouched_changed']:.1f}%"
+    )
+    before = before or metrics.get("review_before")
+    if before:
+        text += f" (before: {pct(before.get('review_agreement'))}, {pct(before.get('review_held_agreement'))})"
+    return text

@@ -486,6 +486,7 @@ def train(
             amp=config.amp, opening_radius=config.opening_radius,
         )  # fmt: skip
         val.update(metrics)
+        val["review_before"] = {k: review_before.get(k) for k in ("review_agreement", "review_held_agreement")}
         review_epochs.append({"epoch": epoch, **metrics})
         write_review_log(run_dir, review_before, review_epochs)
         problems = collapse_problems(metrics, review_before)
