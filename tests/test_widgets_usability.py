@@ -101,6 +101,12 @@ def test_no_control_is_clipped_in_a_360px_dock(make_napari_viewer, qtbot) -> Non
     for dock in docks:
         dock.setFixedWidth(DOCK_PX)
     viewer.window.screenshot(flash=False)
+    # Laid out for an image whose resolution is known, then switched to one that states none (a longer note).
+    silent = segment.image.value
+    segment.image.value = viewer.add_image(real_tissue(64, 64), rgb=True, name="known", metadata={"mpp": 0.5})
+    viewer.window.screenshot(flash=False)
+    segment.image.value = silent
+    viewer.window.screenshot(flash=False)
 
     for dock, widget in zip(docks, (segment, train), strict=True):
         dock.raise_()
@@ -135,7 +141,7 @@ def test_unknown_resolution_is_marked_notified_and_asked_for(make_napari_viewer,
     widget = SegmentWidget(viewer)
     assert widget.image.value is tcga
     assert widget.resolution.value is None and widget.resolution.unknown
-    assert "not in the file" in widget.resolution.note.value
+    assert "unknown: enter it or Estimate" in widget.resolution.note.value
     assert widget.resolution.note.native.styleSheet()  # marked
     qtbot.waitUntil(lambda: any("tcga-cr-7395" in m and "no resolution" in m for m in messages), timeout=5_000)
 

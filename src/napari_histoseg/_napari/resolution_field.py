@@ -13,7 +13,7 @@ from .form import tip
 from .readout import readout_label
 
 MPP_KEY = "histoseg_mpp"  # image layer metadata: {"mpp": float, "source": "entered" | "estimated", "note": str}
-UNKNOWN_STYLE = "color: #f0a840; font-weight: bold;"  # the note, when the file states no resolution
+UNKNOWN_STYLE = "color: #f0a840;"  # the note, when the file states no resolution
 MICRON_UNITS = ("micrometer", "micron", "um", "\u00b5m")
 
 
@@ -69,7 +69,7 @@ class ResolutionField(Container):
         if note:
             text = note
         elif unknown:
-            text = "\u26a0 not in the file: enter it or Estimate"
+            text = "\u26a0 unknown: enter it or Estimate"
         else:
             text = {"file": "from the file", "scale": "from the layer's scale", "entered": "entered by you"}.get(
                 source, source
