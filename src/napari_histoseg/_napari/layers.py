@@ -166,6 +166,8 @@ def paste_region(existing: np.ndarray | None, shape: tuple[int, int], box: Box, 
 
 
 def _clip(box: Sequence[float], shape: tuple[int, int], what: str) -> Box:
+    # Round away float noise of the world <-> data transforms first (1023.9999 is pixel 1024, not 1023).
+    box = [round(float(v), 6) for v in box]
     y0, x0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
     y1, x1 = min(shape[0], math.ceil(box[2])), min(shape[1], math.ceil(box[3]))
     if y1 <= y0 or x1 <= x0:
