@@ -27,7 +27,7 @@ from napari_histoseg.training.points import read_points
 
 def shot(image: np.ndarray, labels: np.ndarray, points, tumor, title: str, mpp: float) -> np.ndarray:
     viewer = napari.Viewer(show=False)
-    viewer.window._qt_window.resize(760, 860)
+    viewer.window._qt_window.resize(1000, 640)
     viewer.add_image(image, name="H&E", scale=(mpp, mpp))
     layer = viewer.add_labels(labels, name="histoseg", scale=(mpp, mpp), colormap=class_colormap(), opacity=0.45)
     layer.contour = 0
@@ -59,14 +59,14 @@ def main() -> None:
     image = read_image(args.image)
     points, classes = read_points(args.image.parent.parent / "points" / f"{args.image.stem}.csv", image.shape[:2])
     tumor = np.isin(classes, args.tumor_classes)
-    truth = f"annotators {100 * tumor.mean():.0f}% of {len(tumor)} cells"
+    truth = f"annotators: {100 * tumor.mean():.0f}% of {len(tumor):,} cells"
     pictures = []
     for name, checkpoint in (("before", args.before), ("after", args.after)):
         model, card = load_model(checkpoint)
         labels = run(segment_image(image, model, card, InferenceSettings(), mpp=args.mpp)).labels
         _, cell_classes = cells_from_labels(labels, **cell_rules(args.mpp))
         n, t = len(cell_classes) - 1, int((cell_classes == 1).sum())
-        title = f"{name}: tumor cellularity {100 * t / max(n, 1):.0f}% ({t} of {n} cells)\n{truth}"
+        title = f"{name}: {100 * t / max(n, 1):.0f}% tumor ({t:,} of {n:,} cells)\n{truth}"
         pictures.append(shot(image, labels, points, tumor, title, args.mpp))
         print(title)
     h = min(p.shape[0] for p in pictures)
