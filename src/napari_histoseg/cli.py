@@ -410,7 +410,7 @@ def _add_train(sub) -> None:
         "--freeze-norm",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="keep BatchNorm statistics fixed (default: when fine-tuning with --init or with batches under 8)",
+        help="keep BatchNorm statistics fixed (default: when fine-tuning with --init)",
     )
     p.add_argument(
         "--keep-weight",

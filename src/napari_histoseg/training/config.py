@@ -49,9 +49,8 @@ class TrainConfig:
       ``tumor_classes`` override the folders' ``points.json``; images of ``exclude_sites`` (TCGA site codes) are
       left out of training, to keep a hospital aside as a cross-site check.
     - ``freeze_norm``: keep BatchNorm layers in inference mode while training (their running statistics are not
-      updated; their scale and shift still learn). None (the default) freezes them when fine-tuning (``init``)
-      or when batches are smaller than 8: a few small batches otherwise move the running means enough to break
-      the starting model.
+      updated; their scale and shift still learn). None (the default) freezes them when fine-tuning (``init``):
+      a few small batches otherwise move the running means enough to break the starting model.
     - ``keep_weight``: for corrected pairs (``reviewed/<name>.png``, see ``corrections``), the weight of the term
       that holds the pixels the user did not review at the starting model's classes (0: they are ignored).
     - ``border_weight``: U-Net's ``w0``, an extra loss weight on the pixels between touching cells (gaps and

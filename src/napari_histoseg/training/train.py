@@ -407,9 +407,8 @@ def train(
         seed=config.seed,
         drop_last=len(dataset) > config.batch_size,
     )
-    freeze_norm = (
-        config.freeze_norm if config.freeze_norm is not None else (config.init is not None or config.batch_size < 8)
-    )
+    # Frozen at a starting model's statistics when fine-tuning; from scratch they must be learnt.
+    freeze_norm = config.freeze_norm if config.freeze_norm is not None else config.init is not None
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.epochs
     weights_t = torch.as_tensor(class_weights, device=device)
