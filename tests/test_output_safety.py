@@ -99,8 +99,9 @@ def test_check_not_input_allows_a_sibling(tmp_path):
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--mpp", "-1", "--mpp -1"),
-        ("--mpp", "nan", "--mpp nan"),
+        ("--mpp", "-1", "microns per pixel must be a positive number"),
+        ("--mpp", "nan", "microns per pixel must be a positive number"),
+        ("--tile", "many", "invalid int value"),
         ("--tile", "1048576", "too large"),
         ("--block", "1048576", "too large"),
         ("--batch-size", "0", "batch"),

@@ -525,8 +525,15 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``error: ...`` with exit status 2, like every other failure."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="histoseg", description="Tumor-cell segmentation of H&E slides (napari-histoseg command line)."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -546,7 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a bad option (reported in one line, status 2)
+        return stop.code if isinstance(stop.code, int) else 2
     tune_cpu_allocator()  # before any thread starts, so that every thread shares the tuned arena
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
