@@ -17,7 +17,6 @@ from ..engine.infer import InferenceSettings, run
 from ..engine.jobs import segment_image
 from ..engine.resolution import plan_resolution, to_compute
 from ..engine.stain_transform import normalizer_for
-from ..io.tissue import image_stain_stats
 from ..model.checkpoint import ModelCard
 from ..stain import LabStats
 from .data import Sample
@@ -41,6 +40,8 @@ def resample_to_model(sample: PointSample, model_mpp: float | None) -> PointSamp
 
 def normalize_stain(image: np.ndarray, target: LabStats | None) -> np.ndarray:
     """The image's colours mapped onto ``target`` (Reinhard, as inference maps a slide); unchanged without one."""
+    from ..io.tissue import image_stain_stats  # imported here: io.tissue brings zarr and dask, training must not
+
     normalize = normalizer_for(image_stain_stats(image), target)
     if normalize is None:
         return image
