@@ -60,7 +60,8 @@ DEFAULT_KEEP_WEIGHT = 0.5
 COLLAPSE_FRACTION = 0.25
 MIN_CLASS_SHARE = 0.002
 
-#: Fine-tuning defaults (the Train widget's and the benchmark's): chosen by the experiment in docs/fine-tuning.md.
+#: Fine-tuning defaults (the Train widget's and the benchmark's): see the step-size table in docs/fine-tuning.md
+#: (benchmarks/bench_finetune_steps.py): RMSprop's first steps at 1e-4 re-typed 70% of the pixels of its own batch.
 FINETUNE_DEFAULTS = {"optimizer": "adam", "lr": 2e-5, "warmup": 20, "scheduler": "cosine"}
 
 
