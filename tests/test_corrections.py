@@ -156,3 +156,39 @@ def test_review_line_for_the_status():
         line
         == "corrected cells agreeing: 90% trained, n/a held aside; untouched pixels changed: 1.2% (before: 20%, 25%)"
     )
+
+
+def test_an_epoch_that_loses_a_class_or_held_agreement_is_refused():
+    from napari_histoseg.training.corrections import collapse_problems
+
+    before = {"class_share": [0.8, 0.05, 0.1, 0.05], "review_held_agreement": 0.5}
+    fine = {"class_share": [0.8, 0.07, 0.08, 0.05], "review_held_agreement": 0.75}
+    assert collapse_problems(fine, before) == []
+    lost = {"class_share": [0.85, 0.0, 0.1, 0.05], "review_held_agreement": 0.75}
+    assert any("tumor cell nearly disappeared" in p for p in collapse_problems(lost, before))
+    worse = {"class_share": [0.8, 0.05, 0.1, 0.05], "review_held_agreement": 0.25}
+    assert any("held-aside" in p for p in collapse_problems(worse, before))
+
+
+def test_a_collapsing_fine_tune_hands_back_the_starting_model(start_model, tmp_path, monkeypatch):
+    from napari_histoseg.training import train as train_mod
+
+    image, labels, _ = blob_image(64, seed=3)
+    save_pair(image, labels, tmp_path / "pairs", "a", reviewed=labels > 0, mpp=0.25)
+    calls = []
+
+    def fake_review(model, review, device, logit_bias, *, reference=None, **kw):
+        calls.append(reference is None)
+        shares = [0.8, 0.05, 0.1, 0.05] if reference is None else [0.9, 0.0, 0.1, 0.0]  # epochs lose two classes
+        metrics = {"review_agreement": 1.0, "review_held_agreement": float("nan"), "untouched_changed": 0.0}
+        return {**metrics, "class_share": shares, "review_score": 1.0}, [labels]
+
+    monkeypatch.setattr(train_mod, "review_metrics", fake_review)
+    config = TrainConfig(
+        train_dir=str(tmp_path / "pairs"), out=str(tmp_path / "ft"), init=str(start_model), epochs=2, batch_size=2,
+        patch=64, samples_per_epoch=2, num_workers=0, **FINETUNE_DEFAULTS,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="not kept as best: class tumor cell nearly disappeared"):
+        result = run_training(config)
+    assert calls == [True, False, False] and result.best_epoch == 0 and result.epochs_done == 2
+    assert Path(result.best_checkpoint).name == "best.safetensors"
