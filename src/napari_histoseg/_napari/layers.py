@@ -119,7 +119,8 @@ def show_labels(
         if edited:
             show_info(f"{edited[-1]!r} holds your corrections: the new result goes to a new layer")
     if layer is not None and bool(layer.multiscale) == bool(multiscale):
-        layer.data = data
+        if not _same_store(layer, data, metadata):
+            layer.data = data
         layer.scale, layer.translate = geometry["scale"], geometry["translate"]
         layer.metadata = {**layer.metadata, **metadata}
         layer.contour = OUTLINE_PX if outline else 0
@@ -149,6 +150,19 @@ def show_labels(
     else:
         viewer.layers.insert(index, new)
     return new
+
+
+def _same_store(layer: Labels, data, metadata: dict) -> bool:
+    """Whether ``data`` is the layer's own multiscale store again (same path, same level shapes).
+
+    Its zarr arrays already read what was written since (a refresh shows it); setting ``data`` again made napari
+    pick its coarsest level and, on the next draw, slice an empty array from it (the result vanished, or vispy
+    raised on the zero-size slice).
+    """
+    if not layer.multiscale or metadata.get("store") is None or layer.metadata.get("store") != metadata["store"]:
+        return False
+    old = [tuple(level.shape) for level in layer.data]
+    return old == [tuple(level.shape) for level in (data if isinstance(data, list) else [data])]
 
 
 def paste_region(existing: np.ndarray | None, shape: tuple[int, int], box: Box, labels: np.ndarray) -> np.ndarray:
