@@ -97,8 +97,11 @@ def main() -> None:
             save(viewer, args.out, "segment-progress.png")
             shot = True
     segment.result.section.expanded = True
-    viewer.scene.camera.zoom *= 1.001  # napari reloads the new result's tiles on a camera change
-    pump(3)
+    # The result replaced the layer's data: napari picks the pyramid level again on the next draw and loads its
+    # tiles after it, so draw once, wait, then take the shot.
+    viewer.scene.camera.zoom *= 1.001
+    viewer.window.screenshot(flash=False)
+    pump(5)
     save(viewer, args.out, "segment-result.png")
 
     docks[1].raise_()
