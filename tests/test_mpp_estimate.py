@@ -82,3 +82,38 @@ def test_crossing_interpolates_where_the_area_meets_the_typical_one() -> None:
     assert mpp == pytest.approx(0.5 * 2 ** (np.log(12 / 8) / np.log(2)))
     mpp, crossed = crossing(scales, (6.0, 10.0, 7.0), counts, typical=12.0)  # never reaches it: the closest
     assert not crossed and mpp == 0.5
+
+
+def test_predict_mpp_auto_uses_the_estimate_for_images_and_the_file_for_slides(tmp_path, monkeypatch, capsys):
+    """``histoseg predict --mpp auto``: a PNG states no resolution, so it is estimated (here a stand-in estimate of
+    0.25 um/px against a model card at 0.5: the image is downsampled 2x); a slide's own value is kept."""
+    import json
+
+    import torch
+    from skimage.io import imsave
+
+    from napari_histoseg.cli import main
+    from napari_histoseg.engine import mpp_estimate
+    from napari_histoseg.model.checkpoint import card_for, save_checkpoint
+    from napari_histoseg.model.resunetpp import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.scaled(0.25))
+    checkpoint = save_checkpoint(tmp_path / "tiny", model, card_for(model, mpp=0.5, name="tiny-random"))
+    asked = []
+
+    def stand_in(image, model, card, **_):
+        asked.append(np.asarray(image).shape)
+        return MppEstimate(0.25, "high", 200, 4, 0.05, [0.25])
+
+    monkeypatch.setattr(mpp_estimate, "estimate_mpp", stand_in)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    imsave(folder / "a.png", np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    args = ["predict", str(folder), "--out", str(tmp_path / "out"), "--model", str(checkpoint), "--json"]
+    assert main([*args, "--mpp", "auto"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert asked == [(256, 256, 3)]
+    assert summary["resample_factor"] == {"a.png": 0.5}
+    assert mpp_estimate.auto_mpp(np.zeros((8, 8, 3)), stated=0.499) == 0.499  # a stated value is not estimated
+    assert len(asked) == 1
