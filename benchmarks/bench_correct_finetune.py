@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=None, help="override the fine-tuning default (experiments)")
     parser.add_argument("--keep-weight", type=float, default=None, help="override the default (experiments)")
     parser.add_argument("--skip-consep", action="store_true", help="leave out the CoNSeP check")
+    parser.add_argument("--only-compare", action="store_true", help="fine-tune only the --compare candidates")
     parser.add_argument(
         "--compare", nargs="*", default=[], help="also fine-tune with these optimizer:lr:warmup (e.g. rmsprop:1e-4:0)"
     )
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     for spec in args.compare:  # optimizer:lr:warmup, e.g. rmsprop:1e-4:0
         optimizer, lr, warmup = spec.split(":")
         candidates.append({**candidates[0], "optimizer": optimizer, "lr": float(lr), "warmup": int(warmup)})
+    if args.only_compare:
+        candidates = candidates[1:]
 
     def delta(a, b):
         return None if a is None or b is None else round(b - a, 4)
@@ -294,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         "held_before": before,
         "consep_before": consep_before,
         "consep_images": args.consep_images or "all",
-        "runs": runs,  # the first with the defaults (FINETUNE_DEFAULTS), then --compare
+        "runs": runs,  # the first with the defaults (FINETUNE_DEFAULTS, unless --only-compare), then --compare
         "seconds": round(time.perf_counter() - t0, 1),
     }
     text = json.dumps(figures, indent=2, default=float)
