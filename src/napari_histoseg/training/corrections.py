@@ -150,6 +150,7 @@ def prepare_samples(
     train_out: list[Sample] = []
     review: list[ReviewedImage] = []
     for sample in train:
+        factor = plan_resolution([sample.mpp], model_mpp).factor if sample.mpp and model_mpp else 1.0
         sample = resample_sample(sample, model_mpp)
         if sample.reviewed is None:
             train_out.append(sample)
@@ -159,6 +160,11 @@ def prepare_samples(
         item = ReviewedImage(sample.name, image, sample.labels, sample.reviewed, regions, held_ids)
         review.append(item)
         codes = encode_targets(sample.labels, sample.reviewed, item.held)
+        if factor > 1:
+            # Labels drawn at a coarser resolution than the model's say nothing exact about the finer pixels along
+            # their edges (the thin boundary ring, most of all, is lost at 20x): those pixels are not taught.
+            size = int(round(factor)) + 1
+            codes[ndi.maximum_filter(sample.labels, size) != ndi.minimum_filter(sample.labels, size)] = IGNORE
         train_out.append(Sample(sample.name, image, codes, None, None, sample.mpp))
     val_out = [resample_sample(s, model_mpp) for s in val]
     return train_out, val_out, review
