@@ -100,7 +100,9 @@ def link_subset(src: Path, names: list[str], dst: Path, subdirs: tuple[str, ...]
     for sub in subdirs:
         (dst / sub).mkdir(parents=True, exist_ok=True)
         for name in names:
-            os.symlink(src / sub / f"{name}{suffixes[sub]}", dst / sub / f"{name}{suffixes[sub]}")
+            link = dst / sub / f"{name}{suffixes[sub]}"
+            if not link.is_symlink():  # a rerun with the same --out keeps its links
+                os.symlink(src / sub / f"{name}{suffixes[sub]}", link)
     return dst
 
 
