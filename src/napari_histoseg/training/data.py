@@ -92,6 +92,19 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
+def input_images(input_dir: Path, problems: list[str]) -> dict[str, Path]:
+    """The images of an ``input/`` folder by name (stem); a name used twice is added to ``problems``."""
+    images: dict[str, Path] = {}
+    for path in _files(input_dir):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in images:
+            problems.append(f"{path}: duplicate image name {path.stem!r} (also {images[path.stem].name})")
+            continue
+        images[path.stem] = path
+    return images
+
+
 def find_pairs(root: str | Path) -> list[Pair]:
     """List the ``input``/``gt`` pairs under ``root``, sorted by name.
 
@@ -109,14 +122,7 @@ def find_pairs(root: str | Path) -> list[Pair]:
         )
     problems: list[str] = []
 
-    images: dict[str, Path] = {}
-    for path in _files(input_dir):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if path.stem in images:
-            problems.append(f"{path}: duplicate image name {path.stem!r} (also {images[path.stem].name})")
-            continue
-        images[path.stem] = path
+    images = input_images(input_dir, problems)
 
     gts: dict[str, Path] = {}
     for path in _files(gt_dir):

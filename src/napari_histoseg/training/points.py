@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import IMAGE_SUFFIXES, DatasetError, _files, read_image
+from .data import DatasetError, _files, input_images, read_image
 
 POINTS_DIR = "points"
 METADATA = "points.json"
@@ -115,14 +115,7 @@ def find_point_files(root: str | Path) -> list[PointFile]:
             f"{root}: missing folder(s) {', '.join(missing)}; a point set needs input/<name>.png and points/<name>.csv"
         )
     problems: list[str] = []
-    images: dict[str, Path] = {}
-    for path in _files(input_dir):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if path.stem in images:
-            problems.append(f"{path}: duplicate image name {path.stem!r} (also {images[path.stem].name})")
-            continue
-        images[path.stem] = path
+    images = input_images(input_dir, problems)
     tables = {p.stem: p for p in _files(points_dir) if p.suffix.lower() == ".csv"}
     for name in sorted(images.keys() - tables.keys()):
         problems.append(f"{images[name]}: no points (expected {points_dir / (name + '.csv')})")
