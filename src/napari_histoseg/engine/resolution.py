@@ -75,6 +75,13 @@ def to_compute(region: torch.Tensor, factor: float) -> torch.Tensor:
     return region
 
 
+def rgb_to_compute(image: np.ndarray, factor: float) -> np.ndarray:
+    """An (H, W, 3) uint8 image resampled to the compute grid as :func:`to_compute` does, back as uint8."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    out = to_compute(pixels, factor).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(out)
+
+
 def to_output(scores: torch.Tensor, factor: float) -> torch.Tensor:
     """Bring blended class scores (C, h, w) from the compute grid back to the output grid."""
     if factor > 1:

@@ -41,12 +41,13 @@ from scipy import ndimage as ndi
 
 from ..classes import BACKGROUND, CLASS_NAMES, NON_TUMOR, NUM_CLASSES, TUMOR
 from ..cleanup import open_labels
-from ..engine.resolution import plan_resolution, to_compute
+from ..engine.resolution import plan_resolution, rgb_to_compute
 from ..fileio import atomic_write, json_safe
 from ..stain import LabStats
 from .data import Sample
 from .loss import weighted_cross_entropy
 from .point_targets import CELL_ANY, IGNORE
+from .point_training import normalize_stain
 
 #: Target code base: ``KEEP + c`` = "not reviewed; the starting model said class c" (held close to it).
 KEEP = 8
@@ -102,13 +103,12 @@ def resample_sample(sample: Sample, model_mpp: float | None) -> Sample:
     factor = plan_resolution([sample.mpp], model_mpp).factor
     if factor == 1.0:
         return sample
-    pixels = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1).float()
-    image = to_compute(pixels, factor).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    image = rgb_to_compute(sample.image, factor)
     shape = image.shape[:2]
     labels = _nearest(sample.labels, factor, shape)
     inst = None if sample.inst is None else _nearest(sample.inst, factor, shape)
     reviewed = None if sample.reviewed is None else _nearest(sample.reviewed, factor, shape)
-    return Sample(sample.name, np.ascontiguousarray(image), labels, inst, reviewed, sample.mpp / factor)
+    return Sample(sample.name, image, labels, inst, reviewed, sample.mpp / factor)
 
 
 #: Class -> kind of pixel for the untouched-pixel change: background, cell (either type), boundary.
@@ -133,13 +133,6 @@ def encode_targets(labels: np.ndarray, reviewed: np.ndarray, held: np.ndarray | 
     if held is not None:
         codes[held] = IGNORE
     return codes
-
-
-def normalize_stain(image: np.ndarray, target: LabStats | None) -> np.ndarray:
-    """The image's colours mapped onto the model's stain target, as inference maps a slide."""
-    from .point_training import normalize_stain as _normalize
-
-    return _normalize(image, target)
 
 
 def prepare_samples(

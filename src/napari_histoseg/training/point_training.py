@@ -15,7 +15,7 @@ import torch
 
 from ..engine.infer import InferenceSettings, run
 from ..engine.jobs import segment_image
-from ..engine.resolution import plan_resolution, to_compute
+from ..engine.resolution import plan_resolution, rgb_to_compute
 from ..engine.stain_transform import normalizer_for
 from ..model.checkpoint import ModelCard
 from ..stain import LabStats
@@ -31,8 +31,7 @@ def resample_to_model(sample: PointSample, model_mpp: float | None) -> PointSamp
     plan = plan_resolution([sample.mpp], model_mpp)
     if plan.factor == 1.0:
         return sample
-    pixels = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1).float()
-    resized = to_compute(pixels, plan.factor).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    resized = rgb_to_compute(sample.image, plan.factor)
     # Pixel centres map as (p + 0.5) * f - 0.5.
     points = (sample.points + 0.5) * plan.factor - 0.5
     return PointSample(sample.name, resized, points, sample.classes, model_mpp)
