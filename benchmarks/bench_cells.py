@@ -6,7 +6,7 @@ boundary-class ring, tumor nuclei in clusters and non-tumor nuclei scattered, ab
 (rings in contact), and a tenth of those joined through a gap in their rings (one region that must be split).
 The number of nuclei drawn is known, so the count found is checked against it.
 
-Each size runs in its own subprocess; it reports cells/s of :func:`~napari_histoseg.cells.iter_cells` (the table
+Each size runs in its own subprocess; it reports cells/s of `iter_cells` (the table
 streamed block by block and dropped, as the CSV/GeoJSON exporters consume it), the peak of Python-tracked
 allocations (tracemalloc: numpy arrays included) and the process's peak resident memory. Peak memory must not
 grow with the area: compare the two sizes.
@@ -124,7 +124,7 @@ def measure(path: Path, block: int, export: bool) -> dict:
     """Run one extraction in this process (called in a subprocess) and report its figures."""
     import zarr
 
-    from napari_histoseg.cells import CellProgress, iter_cells
+    from napari_histoseg.analysis.cells import CellProgress, iter_cells
 
     array = zarr.open_array(str(path), mode="r")
     tracemalloc.start()

@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_histoseg.analysis.instances import cell_rules, cells_from_labels
 from napari_histoseg.classes import NON_TUMOR, TUMOR
 from napari_histoseg.engine.infer import InferenceSettings, run
 from napari_histoseg.engine.jobs import default_model_path, load_model, segment_image
 from napari_histoseg.export_pairs import reviewed_from_edits, save_pair
-from napari_histoseg.postprocess import cell_rules, cells_from_labels
 from napari_histoseg.training.config import TrainConfig
 from napari_histoseg.training.corrections import FINETUNE_DEFAULTS
 from napari_histoseg.training.data import read_image

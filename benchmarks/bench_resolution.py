@@ -25,11 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_histoseg.cleanup import radius_at
+from napari_histoseg.analysis.instances import cell_rules, cells_from_labels
+from napari_histoseg.analysis.metrics import (
+    SegmentationMetrics,
+    instance_centroids,
+    instance_classes,
+    renumber_instances,
+)
+from napari_histoseg.analysis.opening import radius_at
 from napari_histoseg.engine.infer import InferenceSettings, run
 from napari_histoseg.engine.jobs import load_model, segment_image
-from napari_histoseg.metrics import SegmentationMetrics, instance_centroids, instance_classes, renumber_instances
-from napari_histoseg.postprocess import cell_rules, cells_from_labels
 from napari_histoseg.training.data import find_pairs, load_pairs, pooled_stain_stats
 
 FACTOR = 2  # 40x -> 20x

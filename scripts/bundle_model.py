@@ -20,9 +20,9 @@ import json
 import sys
 from pathlib import Path
 
+from napari_histoseg.analysis.instances import DEFAULT_EDGE_MIN_AREA, DEFAULT_MIN_AREA, RULES_MPP
 from napari_histoseg.engine.device import cpu_has_fast_bf16
 from napari_histoseg.model.checkpoint import load_checkpoint, read_card, save_checkpoint
-from napari_histoseg.postprocess import DEFAULT_EDGE_MIN_AREA, DEFAULT_MIN_AREA, RULES_MPP
 from napari_histoseg.training.data import find_pairs, load_pairs, pooled_stain_stats
 from napari_histoseg.training.evaluate import format_metrics, run_evaluation
 

@@ -18,9 +18,8 @@ import argparse
 import numpy as np
 from tune_postprocess import cached_logits
 
-from napari_histoseg.classes import NON_TUMOR, TUMOR
-from napari_histoseg.cleanup import open_labels
-from napari_histoseg.metrics import (
+from napari_histoseg.analysis.instances import cells_from_labels
+from napari_histoseg.analysis.metrics import (
     instance_centroids,
     instance_classes,
     match_centroids,
@@ -28,7 +27,8 @@ from napari_histoseg.metrics import (
     type_counts,
     type_f1_from_counts,
 )
-from napari_histoseg.postprocess import cells_from_labels
+from napari_histoseg.analysis.opening import open_labels
+from napari_histoseg.classes import NON_TUMOR, TUMOR
 from napari_histoseg.training.evaluate import DEFAULT_OPENING_RADIUS
 
 

@@ -18,9 +18,9 @@ import numpy as np
 from skimage.io import imsave
 
 from napari_histoseg._napari.layers import class_colormap
+from napari_histoseg.analysis.instances import cell_rules, cells_from_labels
 from napari_histoseg.engine.infer import InferenceSettings, run
 from napari_histoseg.engine.jobs import load_model, segment_image
-from napari_histoseg.postprocess import cell_rules, cells_from_labels
 from napari_histoseg.training.data import read_image
 from napari_histoseg.training.points import read_points
 

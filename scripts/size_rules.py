@@ -16,11 +16,11 @@ import json
 
 import numpy as np
 
+from napari_histoseg.analysis.instances import RULES_MPP, cell_rules, cells_from_labels
+from napari_histoseg.analysis.metrics import SegmentationMetrics, instance_centroids, match_centroids
 from napari_histoseg.analysis.point_scores import score_image, summarize
 from napari_histoseg.engine.infer import InferenceSettings, run
 from napari_histoseg.engine.jobs import load_model, segment_image
-from napari_histoseg.metrics import SegmentationMetrics, instance_centroids, match_centroids
-from napari_histoseg.postprocess import RULES_MPP, cell_rules, cells_from_labels
 from napari_histoseg.training.data import find_pairs, load_pairs
 from napari_histoseg.training.points import find_point_files, load_point_samples, read_spec, site_of
 

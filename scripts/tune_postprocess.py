@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_histoseg.cleanup import open_labels
-from napari_histoseg.engine.stain_transform import normalizer_for
-from napari_histoseg.metrics import SegmentationMetrics
-from napari_histoseg.model.checkpoint import load_checkpoint
-from napari_histoseg.postprocess import (
+from napari_histoseg.analysis.instances import (
     DEFAULT_EDGE_MIN_AREA,
     DEFAULT_MIN_AREA,
     DEFAULT_SPLIT_DEPTH,
     DEFAULT_SPLIT_RATIO,
 )
+from napari_histoseg.analysis.metrics import SegmentationMetrics
+from napari_histoseg.analysis.opening import open_labels
+from napari_histoseg.engine.stain_transform import normalizer_for
+from napari_histoseg.model.checkpoint import load_checkpoint
 from napari_histoseg.training.data import find_pairs, load_pairs, pooled_stain_stats
 from napari_histoseg.training.dataset import EvalDataset
 

@@ -58,7 +58,7 @@ def write_point_set(
     nuclei and 1 for the others, as BRCA-M2C) under ``root``; with ``metadata``, ``root/points.json`` too."""
     import json
 
-    from napari_histoseg.metrics import instance_centroids
+    from napari_histoseg.analysis.metrics import instance_centroids
 
     for sub in ("input", "points"):
         (root / sub).mkdir(parents=True, exist_ok=True)

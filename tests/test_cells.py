@@ -7,7 +7,7 @@ import pytest
 from skimage.measure import points_in_poly
 
 from _cellmaps import draw_cells, lattice
-from napari_histoseg.cells import (
+from napari_histoseg.analysis.cells import (
     CellExtractionError,
     CellProgress,
     CellResult,
@@ -15,9 +15,7 @@ from napari_histoseg.cells import (
     extract_cells,
     iter_cells,
 )
-from napari_histoseg.classes import BOUNDARY, NON_TUMOR, TUMOR
-from napari_histoseg.cleanup import radius_at
-from napari_histoseg.postprocess import (
+from napari_histoseg.analysis.instances import (
     DEFAULT_EDGE_MIN_AREA,
     DEFAULT_EXPAND,
     DEFAULT_MIN_AREA,
@@ -26,6 +24,8 @@ from napari_histoseg.postprocess import (
     cell_rules,
     cells_from_labels,
 )
+from napari_histoseg.analysis.opening import radius_at
+from napari_histoseg.classes import BOUNDARY, NON_TUMOR, TUMOR
 
 
 def _sorted(table):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_histoseg.cleanup import open_labels
+from napari_histoseg.analysis.opening import open_labels
 from napari_histoseg.engine import device as device_module
 from napari_histoseg.engine.infer import InferenceProgress, InferenceResult, InferenceSettings, run, segment
 from napari_histoseg.engine.predictor import BlockPredictor

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from _trainsets import _COLOURS, blob_image, write_set
+from napari_histoseg.analysis.stain_stats import LabStats, lab_stats
 from napari_histoseg.engine.stain_transform import ReinhardNormalizer
 from napari_histoseg.model.checkpoint import CheckpointError, card_for, save_checkpoint
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
-from napari_histoseg.stain import LabStats, lab_stats
 from napari_histoseg.training.data import Sample, find_pairs, load_pairs
 from napari_histoseg.training.evaluate import (
     EvalProgress,

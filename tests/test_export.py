@@ -10,7 +10,7 @@ import pytest
 from skimage.measure import points_in_poly
 
 from _cellmaps import lattice
-from napari_histoseg.cells import extract_cells
+from napari_histoseg.analysis.cells import extract_cells
 from napari_histoseg.classes import NON_TUMOR, TUMOR
 from napari_histoseg.io.export import (
     CSV_COLUMNS,

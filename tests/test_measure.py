@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from _cellmaps import draw_cells, lattice
-from napari_histoseg.cells import CellTable, extract_cells
-from napari_histoseg.classes import NON_TUMOR, TUMOR
-from napari_histoseg.measure import (
+from napari_histoseg.analysis.cells import CellTable, extract_cells
+from napari_histoseg.analysis.cellularity import (
     Cellularity,
     CellularityGrid,
     RegionError,
@@ -18,6 +17,7 @@ from napari_histoseg.measure import (
     cellularity_readout,
     region_cellularity,
 )
+from napari_histoseg.classes import NON_TUMOR, TUMOR
 
 
 def _table(ys, xs, classes, areas):

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from napari_histoseg.classes import BOUNDARY, NON_TUMOR, TUMOR
-from napari_histoseg.metrics import (
+from napari_histoseg.analysis.instances import cells_from_labels
+from napari_histoseg.analysis.metrics import (
     SegmentationMetrics,
     dice_per_class,
     instance_centroids,
@@ -16,7 +16,7 @@ from napari_histoseg.metrics import (
     renumber_instances,
     type_f1,
 )
-from napari_histoseg.postprocess import cells_from_labels
+from napari_histoseg.classes import BOUNDARY, NON_TUMOR, TUMOR
 
 
 def _cells(centres, classes, shape=(160, 160), radius=7, ring=2):

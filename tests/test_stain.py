@@ -7,12 +7,12 @@ import pytest
 import torch
 from skimage.color import lab2rgb, rgb2lab
 
+from napari_histoseg.analysis.stain_stats import GLASS_L, LabStats, lab_stats
 from napari_histoseg.engine.infer import InferenceSettings, run
 from napari_histoseg.engine.jobs import segment_image
 from napari_histoseg.engine.stain_transform import ReinhardNormalizer, lab_to_rgb, normalizer_for, rgb_to_lab
 from napari_histoseg.model.checkpoint import ModelCard, card_for, read_card, save_checkpoint
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
-from napari_histoseg.stain import GLASS_L, LabStats, lab_stats
 
 TARGET = LabStats((69.0, 24.0, -19.6), (14.7, 8.8, 10.7))  # CoNSeP-like: light pink-purple
 

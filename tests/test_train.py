@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from _trainsets import write_set
+from napari_histoseg.analysis.stain_stats import lab_stats
 from napari_histoseg.model.checkpoint import CheckpointError, card_for, load_checkpoint, read_card, save_checkpoint
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
-from napari_histoseg.stain import lab_stats
 from napari_histoseg.training import train as train_mod
 from napari_histoseg.training.data import find_pairs, load_pairs
 from napari_histoseg.training.train import (

@@ -263,7 +263,7 @@ def test_unreachable_scheduler_is_a_notification(
 
 
 def test_cellularity_readout_of_the_result_and_a_region(make_napari_viewer, qtbot, tiny_checkpoint) -> None:
-    from napari_histoseg.measure import cellularity_readout
+    from napari_histoseg.analysis.cellularity import cellularity_readout
 
     viewer = make_napari_viewer()
     image = viewer.add_image(real_tissue(300, 280), rgb=True, name="tissue")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from _cellmaps import draw_cells, lattice
+from napari_histoseg.analysis.cellularity import CellularityGrid
 from napari_histoseg.classes import NON_TUMOR, TUMOR
-from napari_histoseg.measure import CellularityGrid
 
 napari = pytest.importorskip("napari")
 

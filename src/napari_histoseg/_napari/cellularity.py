@@ -1,6 +1,6 @@
 """Cellularity in napari: the map as an Image layer with a colour bar, Shapes regions as label-pixel polygons.
 
-Thin: the numbers come from :mod:`napari_histoseg.measure`; this module only converts between napari layers
+Thin: the numbers come from :mod:`napari_histoseg.analysis.cellularity`; this module only converts between napari layers
 (world coordinates, usually microns) and the label map's pixel frame.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 
-from napari_histoseg.measure import CellularityGrid, cellularity_readout
+from napari_histoseg.analysis.cellularity import CellularityGrid, cellularity_readout
 
 COLORMAP = "magma"
 _ELLIPSE_VERTICES = 64

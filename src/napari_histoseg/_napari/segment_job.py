@@ -219,8 +219,8 @@ def measure_job(source: Any, regions: list, mpp: float | None, cancel: threading
     ``source``: the label array (or multiscale list / store); ``regions``: polygons in its level-0 pixels;
     ``mpp``: microns per level-0 label pixel (areas in square microns, and the cell rules in the map's pixels).
     """
-    from napari_histoseg.cells import CellProgress, CellTable, iter_cells, label_array
-    from napari_histoseg.measure import CellularityGrid, cellularity_readout
+    from napari_histoseg.analysis.cells import CellProgress, CellTable, iter_cells, label_array
+    from napari_histoseg.analysis.cellularity import CellularityGrid, cellularity_readout
 
     grid = CellularityGrid(tuple(label_array(source, 0).shape), grid_px)
     tables = []

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..classes import NON_TUMOR, TUMOR
-from ..metrics import match_centroids, type_counts, type_f1_from_counts
+from .metrics import match_centroids, type_counts, type_f1_from_counts
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..cleanup import open_labels, radius_at
+from ..analysis.opening import open_labels, radius_at
 from ..io.store import ArraySink, LabelStore
 from .allocator import tune_cpu_allocator
 from .predictor import BlockPredictor
@@ -40,7 +40,7 @@ class InferenceSettings:
     opening_radius: int = 2  # px at the model's resolution (cleanup.radius_at converts it to the output grid)
     skip_background: bool = True
     probabilities: bool = False
-    stain_normalize: bool = True  # map the slide's colours onto the model's training data (stain.py)
+    stain_normalize: bool = True  # map the slide's colours onto the model's training data (analysis/stain_stats.py)
     batch_size: int = 8
     device: str = "auto"
     compile: bool = False

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..analysis.stain_stats import LabStats
 from ..io.store import ArraySink, LabelStore
 from ..model.checkpoint import ModelCard, load_checkpoint
 from ..pixels import channels_last, scale_to_uint8, white_level
-from ..stain import LabStats
 from .device import prepare_model, select_device
 from .infer import InferenceProgress, InferenceResult, InferenceSettings, TissueTest, segment
 from .predictor import BlockPredictor

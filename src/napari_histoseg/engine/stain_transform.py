@@ -1,10 +1,10 @@
-"""The stain normalisation transform in torch, on the inference device (method and statistics: ``stain.py``)."""
+"""The stain normalisation transform in torch, on the inference device (statistics: ``analysis/stain_stats.py``)."""
 
 from __future__ import annotations
 
 import torch
 
-from ..stain import LabStats
+from ..analysis.stain_stats import LabStats
 
 #: The transform fades out between these lightnesses, so glass stays white and pale tissue is not tinted.
 _FADE_LO, _FADE_HI = 85.0, 95.0

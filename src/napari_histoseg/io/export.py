@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ..cells import CellProgress, CellResult, CellTable, iter_cells, label_array
+from ..analysis.cells import CellProgress, CellResult, CellTable, iter_cells, label_array
+from ..analysis.cellularity import Cellularity, CellularityGrid
 from ..classes import CLASS_COLORS, CLASS_NAMES, NON_TUMOR, TUMOR
 from ..fileio import atomic_write, json_safe
-from ..measure import Cellularity, CellularityGrid
 from .outputs import check_not_input, remove_label_image
 from .store import ome_label_metadata
 
@@ -380,8 +380,8 @@ def write_slide_outputs(
 
     ``out``: folder or prefix (see :func:`output_paths`); ``mpp``: microns per slide level-0 px (default: from the
     store); ``settings``: the run's settings, recorded in the summary; ``grid_px``: square size of the cellularity
-    map (label px); ``on_event`` gets each :class:`~napari_histoseg.cells.CellProgress`; ``cell_kwargs`` go to
-    :func:`~napari_histoseg.cells.iter_cells`. Returns ``{"files": {name: path}, "cellularity": dict,
+    map (label px); ``on_event`` gets each :class:`~napari_histoseg.analysis.cells.CellProgress`; ``cell_kwargs`` go to
+    :func:`~napari_histoseg.analysis.cells.iter_cells`. Returns ``{"files": {name: path}, "cellularity": dict,
     "cells": int, "summary": dict}``.
     """
     frame = Frame.of_store(store, mpp=mpp)

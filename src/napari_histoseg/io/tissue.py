@@ -8,8 +8,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from napari_histoseg.analysis.stain_stats import LabStats, lab_stats
 from napari_histoseg.io.slide import Slide
-from napari_histoseg.stain import LabStats, lab_stats
 
 __all__ = ["image_stain_stats", "mask_from_rgb", "slide_thumbnail", "tissue_fraction", "tissue_mask"]
 
@@ -52,7 +52,7 @@ def image_stain_stats(rgb: np.ndarray, *, max_size: int = 2048) -> LabStats | No
     """LAB colour statistics of the tissue of an (H, W, 3) image (a slide's thumbnail, or an image in memory).
 
     Images larger than ``max_size`` px are sampled with a stride first; tissue is :func:`tissue_mask`'s rule.
-    ``None`` when the image holds too little tissue to measure (see :func:`napari_histoseg.stain.lab_stats`).
+    ``None`` when the image holds too little tissue to measure (see `analysis.stain_stats.lab_stats`).
     """
     step = max(1, -(-max(rgb.shape[:2]) // max_size))
     small = np.asarray(rgb[::step, ::step, :3])

@@ -23,9 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..analysis.stain_stats import LabStats
 from ..classes import CLASS_COLORS, CLASS_NAMES
 from ..fileio import atomic_write
-from ..stain import LabStats
 from .resunetpp import ModelConfig, ModelConfigError, ResUNetPlusPlus
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..postprocess import cells_from_labels
+from ..analysis.instances import cells_from_labels
 
 #: U-Net's falloff width, in pixels (its w0, 10, is in the units of the class weights: background ~1).
 DEFAULT_BORDER_SIGMA = 5.0

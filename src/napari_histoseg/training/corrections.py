@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from ..analysis.opening import open_labels
+from ..analysis.stain_stats import LabStats
 from ..classes import BACKGROUND, CLASS_NAMES, NON_TUMOR, NUM_CLASSES, TUMOR
-from ..cleanup import open_labels
 from ..engine.resolution import plan_resolution, rgb_to_compute
 from ..fileio import atomic_write, json_safe
-from ..stain import LabStats
 from .data import Sample
 from .loss import weighted_cross_entropy
 from .point_targets import CELL_ANY, IGNORE

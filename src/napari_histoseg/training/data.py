@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.stain_stats import LabStats, lab_stats
 from ..classes import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES
 from ..pixels import channels_last, scale_to_uint8, white_level
-from ..stain import LabStats, lab_stats
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Evaluate a model on folder pairs with the metrics of :mod:`napari_histoseg.metrics`.
+"""Evaluate a model on folder pairs with the metrics of :mod:`napari_histoseg.analysis.metrics`.
 
 The same code validates during training and runs ``histoseg evaluate``. Images are segmented whole (batched by
 size, ``inference_mode``, bf16 autocast on CUDA); an image larger than ``whole_max`` px on a side is segmented
@@ -21,13 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..analysis.metrics import SCALAR_METRICS, SegmentationMetrics
+from ..analysis.opening import open_labels
 from ..classes import CLASS_NAMES
-from ..cleanup import open_labels
 from ..engine.device import autocast_for, prepare_model, select_device
 from ..engine.predictor import BlockPredictor, logit_bias_tensor
 from ..engine.stain_transform import ReinhardNormalizer, normalizer_for
 from ..fileio import json_safe
-from ..metrics import SCALAR_METRICS, SegmentationMetrics
 from .data import Sample, find_pairs, load_pairs, pooled_stain_stats
 from .dataset import EvalDataset
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..analysis.instances import cell_rules, cells_from_labels
+from ..analysis.metrics import instance_centroids
 from ..analysis.point_scores import ImagePointScore, score_image, summarize_by_group
 from ..engine.infer import InferenceSettings, run
 from ..engine.jobs import segment_image
 from ..fileio import json_safe
-from ..metrics import instance_centroids
 from ..model.checkpoint import ModelCard
-from ..postprocess import cell_rules, cells_from_labels
 from .evaluate import EvalProgress
 from .points import PointSample, PointSpec, site_of
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..analysis.instances import cell_rules, cells_from_labels
 from ..classes import BACKGROUND, NON_TUMOR, TUMOR
-from ..postprocess import cell_rules, cells_from_labels
 
 #: Target code: a cell of either type (tumor or non-tumor), type unknown.
 CELL_ANY = 4

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..analysis.stain_stats import LabStats
 from ..engine.infer import InferenceSettings, run
 from ..engine.jobs import segment_image
 from ..engine.resolution import plan_resolution, rgb_to_compute
 from ..engine.stain_transform import normalizer_for
 from ..model.checkpoint import ModelCard
-from ..stain import LabStats
 from .data import Sample
 from .point_targets import hematoxylin_mask, point_targets
 from .points import PointSample, PointSpec, find_point_files, load_point_samples, read_spec

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..analysis.metrics import SCALAR_METRICS
 from ..classes import CLASS_NAMES
 from ..fileio import atomic_write
-from ..metrics import SCALAR_METRICS
 from .config import RESUMABLE_CHANGES, TrainConfigError
 
 STATE_FORMAT = "napari-histoseg-train-state/1"

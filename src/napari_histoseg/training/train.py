@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..analysis.stain_stats import LabStats
 from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..engine.allocator import tune_cpu_allocator
 from ..engine.device import select_device, training_autocast
@@ -48,7 +49,6 @@ from ..engine.stain_transform import ReinhardNormalizer, normalizer_for
 from ..fileio import atomic_write, json_safe
 from ..model.checkpoint import card_for, finetune_config, load_matching_weights, read_card, save_checkpoint
 from ..model.resunetpp import ModelConfig, ResUNetPlusPlus, build_model, count_parameters
-from ..stain import LabStats
 from .config import (
     DEFAULT_VAL_FRACTION,
     TrainConfig,

@@ -7,7 +7,7 @@ Pixel level
     the three cell classes 1..3 (tumor, non-tumor, boundary).
 
 Object level (as in HoVer-Net's ``compute_stats.py``, ``run_nuclei_type_stat``; Graham et al. 2019)
-    Cells are instances: predicted cells come from :func:`napari_histoseg.postprocess.cells_from_labels`; true
+    Cells are instances: predicted cells come from :func:`napari_histoseg.analysis.instances.cells_from_labels`; true
     cells from the instance map when one is given (each instance's class = majority of its tumor / non-tumor
     gt pixels), else from ``cells_from_labels`` on the gt classes. Predicted and true cells of an image are
     paired one-to-one by their centroids: the optimal assignment (``scipy.optimize.linear_sum_assignment``) on
@@ -35,8 +35,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from .classes import NON_TUMOR, NUM_CLASSES, TUMOR
-from .postprocess import (
+from ..classes import NON_TUMOR, NUM_CLASSES, TUMOR
+from .instances import (
     DEFAULT_EDGE_MIN_AREA,
     DEFAULT_MIN_AREA,
     DEFAULT_SPLIT_DEPTH,
@@ -199,7 +199,7 @@ class SegmentationMetrics:
     """Accumulates pixel and object metrics over images; ``compute()`` gives the pooled scores.
 
     ``min_area``, ``edge_min_area``, ``split_depth`` and ``split_ratio`` are the cell rules of
-    :func:`~napari_histoseg.postprocess.cells_from_labels` (for the predicted cells, and for true cells taken
+    :func:`~napari_histoseg.analysis.instances.cells_from_labels` (for the predicted cells, and for true cells taken
     from a class map); the defaults are what inference uses.
     """
 

@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from .classes import BOUNDARY, NON_TUMOR, TUMOR
+from ..classes import BOUNDARY, NON_TUMOR, TUMOR
 
 # 4-connectivity: two cells touching only at a corner through a gap in the boundary stay separate.
 _CONNECTIVITY_1 = ndi.generate_binary_structure(2, 1)

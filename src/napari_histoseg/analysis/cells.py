@@ -1,7 +1,7 @@
 """Cells of a class-label map of any size, block by block: each cell once, with class, centroid, area, outline.
 
 A block is read with a halo wider than the largest cell, its cells are found with
-:func:`~napari_histoseg.postprocess.cells_from_labels`, and the block keeps the cells whose centroid lies in
+:func:`~napari_histoseg.analysis.instances.cells_from_labels`, and the block keeps the cells whose centroid lies in
 its core. A cell smaller than the halo lies whole inside the window of every block that could own it, so it
 gets the same pixels, hence the same centroid (compared in exact integer arithmetic), in each of them: exactly
 one block owns it. Memory is one window and its instance map at a time; nothing slide-sized is allocated.
@@ -22,8 +22,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours
 
-from .classes import NON_TUMOR, TUMOR
-from .postprocess import DEFAULT_EDGE_MIN_AREA, DEFAULT_EXPAND, DEFAULT_MIN_AREA, cell_rules, cells_from_labels
+from ..classes import NON_TUMOR, TUMOR
+from .instances import DEFAULT_EDGE_MIN_AREA, DEFAULT_EXPAND, DEFAULT_MIN_AREA, cell_rules, cells_from_labels
 
 log = logging.getLogger(__name__)
 

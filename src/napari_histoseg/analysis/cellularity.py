@@ -1,7 +1,7 @@
 """Tumor cellularity: the share of tumor cells among all cells, for a slide, for drawn regions, and as a map.
 
 Both measures are given: by count (tumor cells / all cells) and by area (tumor-cell area / all cell area).
-Inputs are cell tables (:class:`~napari_histoseg.cells.CellTable`) in the pixel frame of their label map.
+Inputs are cell tables (:class:`~napari_histoseg.analysis.cells.CellTable`) in the pixel frame of their label map.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from skimage.measure import points_in_poly
 
+from ..classes import NON_TUMOR, TUMOR
 from .cells import CellTable, collect_cells
-from .classes import NON_TUMOR, TUMOR
 
 
 class RegionError(ValueError):
@@ -187,8 +187,8 @@ def cellularity_readout(
 ) -> dict:
     """Cellularity of a result and of each region, for a widget readout.
 
-    ``source`` is a :class:`~napari_histoseg.cells.CellTable` already extracted, or anything
-    :func:`~napari_histoseg.cells.iter_cells` reads (a label array, a LabelStore, napari multiscale data);
+    ``source`` is a :class:`~napari_histoseg.analysis.cells.CellTable` already extracted, or anything
+    :func:`~napari_histoseg.analysis.cells.iter_cells` reads (a label array, a LabelStore, napari multiscale data);
     ``regions`` are polygons in that map's pixel frame ((K, 2) (y, x)); ``mpp`` microns per map pixel (areas in
     square microns, and the cell rules converted to the map's pixels, see ``iter_cells``).
     Returns ``{"whole": dict, "regions": [dict, ...], "text": str, "table": CellTable}``.
