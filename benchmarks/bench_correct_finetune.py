@@ -158,10 +158,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=None, help="override the fine-tuning default (experiments)")
     parser.add_argument("--warmup", type=int, default=None, help="override the fine-tuning default (experiments)")
     parser.add_argument("--keep-weight", type=float, default=None, help="override the default (experiments)")
+    parser.add_argument("--keep-types", type=float, default=None, help="override the default (experiments)")
     parser.add_argument("--skip-consep", action="store_true", help="leave out the CoNSeP check")
     parser.add_argument("--only-compare", action="store_true", help="fine-tune only the --compare candidates")
     parser.add_argument(
-        "--compare", nargs="*", default=[], help="also fine-tune with these optimizer:lr:warmup (e.g. rmsprop:1e-4:0)"
+        "--compare",
+        nargs="*",
+        default=[],
+        help="also fine-tune with these optimizer:lr:warmup (e.g. rmsprop:1e-4:0) or key=value,... (keep_types=0.3)",
     )
     parser.add_argument("--out", type=Path, default=None, help="keep the pairs and the run here")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1+1 images cropped to 256 px, 1 step")
@@ -214,10 +218,14 @@ def main(argv: list[str] | None = None) -> dict:
     consep_before = skip if args.skip_consep else (cached(work / "consep_before.json") or consep_scores(consep, init))
     (work / "consep_before.json").write_text(json.dumps(consep_before))
     candidates = [dict(FINETUNE_DEFAULTS)]
-    for key in ("optimizer", "lr", "warmup", "keep_weight"):
+    for key in ("optimizer", "lr", "warmup", "keep_weight", "keep_types"):
         if getattr(args, key) is not None:
             candidates[0][key] = getattr(args, key)
-    for spec in args.compare:  # optimizer:lr:warmup, e.g. rmsprop:1e-4:0
+    for spec in args.compare:  # optimizer:lr:warmup (e.g. rmsprop:1e-4:0), or key=value,... (e.g. keep_types=0.3)
+        if "=" in spec:
+            pairs_ = dict(item.split("=") for item in spec.split(","))
+            candidates.append({**candidates[0], **{k: float(v) for k, v in pairs_.items()}})
+            continue
         optimizer, lr, warmup = spec.split(":")
         candidates.append({**candidates[0], "optimizer": optimizer, "lr": float(lr), "warmup": int(warmup)})
     if args.only_compare:
@@ -267,7 +275,16 @@ def main(argv: list[str] | None = None) -> dict:
             {
                 "config": {
                     key: getattr(config, key)
-                    for key in ("optimizer", "lr", "warmup", "keep_weight", "epochs", "batch_size", "patch")
+                    for key in (
+                        "optimizer",
+                        "lr",
+                        "warmup",
+                        "keep_weight",
+                        "keep_types",
+                        "epochs",
+                        "batch_size",
+                        "patch",
+                    )
                 }
                 | {"max_steps": args.max_steps, "samples_per_epoch": args.samples_per_epoch},
                 "best_epoch": result.best_epoch,

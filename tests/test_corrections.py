@@ -18,6 +18,7 @@ from napari_histoseg.training.corrections import (
     FINETUNE_DEFAULTS,
     KEEP,
     correction_loss,
+    distillation_loss,
     encode_targets,
     held_regions,
     resample_sample,
@@ -69,12 +70,36 @@ def test_codes_and_loss():
     assert codes.tolist() == [[0, IGNORE], [KEEP + CELL_ANY, KEEP + 3]]  # an unreviewed cell keeps being a cell
     torch.manual_seed(0)
     logits = torch.randn(1, 4, 2, 2)
+    teacher = torch.randn(1, 4, 2, 2)
     weights = torch.ones(4)
     t = torch.from_numpy(codes.astype(np.int64))[None]
     only_reviewed = weighted_cross_entropy(logits, torch.tensor([[[0, IGNORE], [IGNORE, IGNORE]]]), weights)
-    assert torch.isclose(correction_loss(logits, t, weights, keep_weight=0.0), only_reviewed)
-    kept = weighted_cross_entropy(logits, torch.tensor([[[IGNORE, IGNORE], [CELL_ANY, 3]]]), weights)
-    assert torch.isclose(correction_loss(logits, t, weights, keep_weight=0.5), only_reviewed + 0.5 * kept)
+    assert torch.isclose(correction_loss(logits, t, weights, None), only_reviewed)
+    assert torch.isclose(correction_loss(logits, t, weights, teacher, keep_weight=0.0), only_reviewed)
+    kept = distillation_loss(logits, teacher, torch.tensor([[[False, False], [True, True]]]), keep_types=0.3)
+    assert kept > 0
+    both = correction_loss(logits, t, weights, teacher, keep_weight=0.5, keep_types=0.3)
+    assert torch.isclose(both, only_reviewed + 0.5 * kept)
+
+
+def test_distillation_holds_kinds_and_frees_types():
+    torch.manual_seed(1)
+    teacher = torch.randn(2, 4, 8, 8)
+    everywhere = torch.ones(2, 8, 8, dtype=torch.bool)
+    assert float(distillation_loss(teacher.clone(), teacher, everywhere, keep_types=1.0)) < 1e-6
+    swapped = teacher[:, [0, 2, 1, 3]]  # the same pixels with tumor and non-tumor exchanged
+    assert float(distillation_loss(swapped, teacher, everywhere, keep_types=0.0)) < 1e-6  # types free
+    assert float(distillation_loss(swapped, teacher, everywhere, keep_types=1.0)) > 0.05  # types held
+    no_boundary = teacher.clone()
+    no_boundary[:, 3] -= 5
+    assert float(distillation_loss(no_boundary, teacher, everywhere, keep_types=0.0)) > 0.05  # boundary held
+    full = torch.nn.functional.kl_div(
+        torch.log_softmax(swapped, 1), torch.log_softmax(teacher, 1), log_target=True, reduction="none"
+    ).sum(1)
+    assert torch.isclose(distillation_loss(swapped, teacher, everywhere, keep_types=1.0), full.mean(), atol=1e-5)
+    only_first = torch.zeros(2, 8, 8, dtype=torch.bool)
+    only_first[0] = True  # the mean runs over the masked pixels only
+    assert torch.isclose(distillation_loss(swapped, teacher, only_first, keep_types=1.0), full[0].mean(), atol=1e-5)
 
 
 def test_a_fifth_of_the_reviewed_cells_is_held_aside():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .border_weights import DEFAULT_BORDER_SIGMA
+from .corrections import DEFAULT_KEEP_TYPES, DEFAULT_KEEP_WEIGHT
 from .evaluate import DEFAULT_OPENING_RADIUS
 
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
@@ -52,7 +53,8 @@ class TrainConfig:
       updated; their scale and shift still learn). None (the default) freezes them when fine-tuning (``init``):
       a few small batches otherwise move the running means enough to break the starting model.
     - ``keep_weight``: for corrected pairs (``reviewed/<name>.png``, see ``corrections``), the weight of the term
-      that holds the pixels the user did not review at the starting model's classes (0: they are ignored).
+      that holds the pixels the user did not review at the starting model's output (0: they are ignored);
+      ``keep_types`` how much that term holds their cell types too (0: only where cells are and end; 1: all).
     - ``border_weight``: U-Net's ``w0``, an extra loss weight on the pixels between touching cells (gaps and
       boundary rings), ``w0 * exp(-(d1 + d2)^2 / (2 border_sigma^2))`` with d1, d2 the distances (px) to the two
       nearest cells, added to the class weight (see ``border_weights``); 0 (the default) trains without it.
@@ -95,7 +97,8 @@ class TrainConfig:
     points_share: float = 0.5
     teacher: str | None = None
     freeze_norm: bool | None = None
-    keep_weight: float = 0.5
+    keep_weight: float = DEFAULT_KEEP_WEIGHT
+    keep_types: float = DEFAULT_KEEP_TYPES
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +186,9 @@ class TrainConfig:
         )
         need(c.ema is None or (is_num(c.ema) and 0 < c.ema < 1), f"ema must be a decay in (0, 1), got {c.ema!r}")
         need(is_num(c.keep_weight) and c.keep_weight >= 0, f"keep_weight must be >= 0, got {c.keep_weight!r}")
+        need(
+            is_num(c.keep_types) and 0 <= c.keep_types <= 1, f"keep_types must be between 0 and 1, got {c.keep_types!r}"
+        )
         need(is_num(c.border_weight) and c.border_weight >= 0, f"border_weight must be >= 0, got {c.border_weight!r}")
         need(is_num(c.border_sigma) and c.border_sigma > 0, f"border_sigma must be > 0 px, got {c.border_sigma!r}")
         for folder in [*(c.points_dirs or []), *([c.points_val] if c.points_val else [])]:

@@ -8,14 +8,15 @@ pixel of such a pair gets a code (:func:`encode_targets`):
 - reviewed, trained: its corrected class (0-3), at full weight;
 - reviewed, held aside: :data:`~.point_targets.IGNORE`: about a fifth of the reviewed cells of each image (when it
   has at least :data:`MIN_CELLS_TO_HOLD`) are never trained on and measure whether the corrections generalise;
-- not reviewed: ``KEEP + c``, c the class the starting model gave it (the pair's labels there are its output):
-  a self-distillation term that holds the model close to where it started on everything the user did not touch;
-  for its cells only *that* they are cells (``KEEP + CELL_ANY``: either type), since holding their types would
-  re-teach on hundreds of cells the very mistake the user corrected on a few dozen.
+- not reviewed: ``KEEP + c`` (c the class the starting model gave it; ``KEEP + CELL_ANY`` for a cell): held
+  where the starting model had it by distillation from a frozen copy of that model, run on the same augmented
+  patch (:func:`distillation_loss`): where cells are and where they end, but by default not their types, since
+  holding them would re-teach on hundreds of cells the very mistake the user corrected on a few dozen.
 
 The loss (:func:`correction_loss`) is the weighted cross-entropy of the reviewed pixels plus ``keep_weight`` times
-that of the kept pixels, each normalised over its own pixels, so that a few corrected cells count as much as the
-rest of the image whatever their share of its pixels.
+the distillation term of the kept ones, each a mean over its own pixels, so that a few corrected cells count as
+much as the rest of the image whatever their share of its pixels. Why soft targets and not the starting model's
+hard labels: docs/fine-tuning.md.
 
 Validation (:func:`review_metrics`) runs on the corrected images themselves (the only ones the user judged), on
 the model's grid with its stain target as inference sees them: the share of reviewed cells whose type agrees
@@ -41,7 +42,7 @@ from scipy import ndimage as ndi
 
 from ..analysis.opening import open_labels
 from ..analysis.stain_stats import LabStats
-from ..classes import BACKGROUND, CLASS_NAMES, NON_TUMOR, NUM_CLASSES, TUMOR
+from ..classes import BACKGROUND, BOUNDARY, CLASS_NAMES, NON_TUMOR, NUM_CLASSES, TUMOR
 from ..engine.resolution import plan_resolution, rgb_to_compute
 from ..fileio import atomic_write, json_safe
 from .data import Sample
@@ -55,9 +56,11 @@ KEEP = 8
 HELD_SHARE = 0.2
 #: An image needs at least this many reviewed cells for some to be held aside.
 MIN_CELLS_TO_HOLD = 5
-#: Weight of the term that keeps the unreviewed pixels at the starting model's classes (1 = as much as the
-#: corrections).
+#: Weight of the term that holds the unreviewed pixels at the starting model's output (1 = as much as the
+#: corrections), and how much of it holds their cell types too (0: where cells are and end only; see
+#: :func:`distillation_loss`).
 DEFAULT_KEEP_WEIGHT = 0.5
+DEFAULT_KEEP_TYPES = 0.0
 #: A class whose predicted share of the corrected images falls below this fraction of the starting model's has
 #: disappeared (only classes the starting model gave at least MIN_CLASS_SHARE of the pixels).
 COLLAPSE_FRACTION = 0.25
@@ -156,25 +159,59 @@ def prepare_samples(
         if factor > 1:
             # Labels drawn at a coarser resolution than the model's say nothing exact about the finer pixels along
             # their edges (the thin boundary ring, most of all, is lost at 20x): those pixels are not taught.
+            # The unreviewed pixels there are still held at the starting model's output on the same upsampled image.
             size = int(round(factor)) + 1
-            codes[ndi.maximum_filter(sample.labels, size) != ndi.minimum_filter(sample.labels, size)] = IGNORE
+            edges = ndi.maximum_filter(sample.labels, size) != ndi.minimum_filter(sample.labels, size)
+            codes[edges & sample.reviewed] = IGNORE
         train_out.append(Sample(sample.name, image, codes, None, None, sample.mpp))
     val_out = [resample_sample(s, model_mpp) for s in val]
     return train_out, val_out, review
 
 
 def correction_loss(
-    logits: torch.Tensor, codes: torch.Tensor, class_weights: torch.Tensor, keep_weight: float = DEFAULT_KEEP_WEIGHT
+    logits: torch.Tensor,
+    codes: torch.Tensor,
+    class_weights: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    keep_weight: float = DEFAULT_KEEP_WEIGHT,
+    keep_types: float = DEFAULT_KEEP_TYPES,
 ) -> torch.Tensor:
-    """Weighted cross-entropy of the reviewed (and ordinary) pixels + ``keep_weight`` x that of the kept ones."""
+    """Weighted cross-entropy of the reviewed (and ordinary) pixels + ``keep_weight`` x the distillation term of
+    the kept ones (:func:`distillation_loss`; without ``teacher_logits`` the kept pixels are ignored)."""
     keep = (codes >= KEEP) & (codes <= KEEP + CELL_ANY)
-    ignore = torch.full_like(codes, IGNORE)
-    loss = weighted_cross_entropy(logits, torch.where(keep, ignore, codes), class_weights)
-    if keep_weight > 0 and bool(keep.any()):
-        loss = loss + keep_weight * weighted_cross_entropy(
-            logits, torch.where(keep, codes - KEEP, ignore), class_weights
-        )
+    loss = weighted_cross_entropy(logits, torch.where(keep, torch.full_like(codes, IGNORE), codes), class_weights)
+    if teacher_logits is not None and keep_weight > 0 and bool(keep.any()):
+        loss = loss + keep_weight * distillation_loss(logits, teacher_logits, keep, keep_types)
     return loss
+
+
+#: Classes of each kind of pixel (background, cell of either type, boundary) for the distillation term.
+_KIND_GROUPS = ((BACKGROUND,), (TUMOR, NON_TUMOR), (BOUNDARY,))
+
+
+def _kind_log_probs(log_p: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.logsumexp(log_p[:, list(group)], dim=1) for group in _KIND_GROUPS], dim=1)
+
+
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, keep_types: float = DEFAULT_KEEP_TYPES
+) -> torch.Tensor:
+    """Mean over ``mask`` (B, H, W) of how far the model's class probabilities moved from the starting model's.
+
+    Per pixel ``KL_kind + keep_types * (KL - KL_kind)``: ``KL`` is the Kullback-Leibler divergence from the
+    starting model's softmax to the model's over the four classes, ``KL_kind`` the same over the three kinds
+    (background, cell, boundary). ``KL - KL_kind`` is what the split of a cell between the two types adds, so
+    ``keep_types`` 0 holds where cells are and where they end but lets their types follow the corrections, and 1
+    holds everything (plain distillation).
+    """
+    log_p = torch.log_softmax(logits, dim=1)
+    log_t = torch.log_softmax(teacher_logits.detach(), dim=1)
+    full = (log_t.exp() * (log_t - log_p)).sum(dim=1)
+    kind_t, kind_p = _kind_log_probs(log_t), _kind_log_probs(log_p)
+    kind = (kind_t.exp() * (kind_t - kind_p)).sum(dim=1)
+    per_pixel = kind + keep_types * (full - kind)
+    weights = mask.to(per_pixel.dtype)
+    return (per_pixel * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def predict_classes(

@@ -23,6 +23,7 @@ or ``val_loss`` (lower is better).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -494,9 +495,12 @@ def train(
             warnings.warn(f"epoch {epoch} not kept as best: {problem}", stacklevel=2)
         return problems
 
+    teacher = None
     if review:
-        # The starting model on the corrected images: the "before" figures, and the first "best" to beat.
+        # The starting model on the corrected images: the "before" figures, and the first "best" to beat; a frozen
+        # copy of it holds the unreviewed pixels where they were (corrections.distillation_loss).
         start_model = evaluated if not resume else _build_model(config)[0].to(device)
+        teacher = copy.deepcopy(start_model).to(memory_format=memory_format).eval().requires_grad_(False)
         review_before, review_reference = review_metrics(
             start_model, review, device, logit_bias, batch_size=max(1, config.batch_size), amp=config.amp,
             opening_radius=config.opening_radius,
@@ -535,7 +539,11 @@ def train(
                     logits = model(images)
                 border_t = border[0].to(device, non_blocking=True) if border else None
                 if review:
-                    loss = correction_loss(logits.float(), labels, weights_t, config.keep_weight)
+                    with torch.no_grad(), training_autocast(device) if config.amp else contextlib.nullcontext():
+                        teacher_logits = teacher(images)
+                    loss = correction_loss(
+                        logits.float(), labels, weights_t, teacher_logits.float(), config.keep_weight, config.keep_types
+                    )
                 else:
                     loss = weighted_cross_entropy(logits.float(), labels, weights_t, border_t)
                 optimizer.zero_grad(set_to_none=True)
