@@ -25,7 +25,7 @@ from napari_histoseg.engine.jobs import load_model
 from napari_histoseg.training.config import TrainConfig
 from napari_histoseg.training.data import find_pairs, load_pairs
 from napari_histoseg.training.loss import weighted_cross_entropy
-from napari_histoseg.training.train import _lr_factor, _make_optimizer, freeze_batchnorm
+from napari_histoseg.training.optim import freeze_batchnorm, lr_factor, make_optimizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETTINGS = (
@@ -64,13 +64,13 @@ def main(argv: list[str] | None = None) -> dict:
         model = copy.deepcopy(base)
         start = {k: v.detach().clone() for k, v in model.named_parameters()}
         config = TrainConfig(train_dir=".", out=".", optimizer=optimizer_name, lr=lr, warmup=warmup, scheduler="none")
-        optimizer = _make_optimizer(config, model.parameters())
+        optimizer = make_optimizer(config, model.parameters())
         rows = []
         for step in range(args.steps):
             model.train()
             freeze_batchnorm(model)
             for group in optimizer.param_groups:
-                group["lr"] = lr * _lr_factor(config, step, args.steps)
+                group["lr"] = lr * lr_factor(config, step, args.steps)
             loss = weighted_cross_entropy(model(images), labels, weights)
             optimizer.zero_grad()
             loss.backward()

@@ -19,6 +19,7 @@ from napari_histoseg.model.checkpoint import CheckpointError, card_for, load_che
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
 from napari_histoseg.training import train as train_mod
 from napari_histoseg.training.data import find_pairs, load_pairs
+from napari_histoseg.training.run_folder import hold_interrupts
 from napari_histoseg.training.train import (
     EpochEvent,
     StepEvent,
@@ -26,7 +27,6 @@ from napari_histoseg.training.train import (
     TrainConfigError,
     TrainResult,
     TrainStart,
-    _hold_interrupts,
     read_metrics_csv,
     run_training,
     selection_score,
@@ -269,7 +269,7 @@ def test_interrupts_are_held_back_during_checkpoint_writes():
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     done = []
     try:
-        with pytest.raises(KeyboardInterrupt), _hold_interrupts():
+        with pytest.raises(KeyboardInterrupt), hold_interrupts():
             # The handler the block installed, called as Python calls it on a SIGINT (a real signal can be
             # handled late under load).
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
