@@ -97,6 +97,15 @@ def test_distillation_holds_kinds_and_frees_types():
         torch.log_softmax(swapped, 1), torch.log_softmax(teacher, 1), log_target=True, reduction="none"
     ).sum(1)
     assert torch.isclose(distillation_loss(swapped, teacher, everywhere, keep_types=1.0), full.mean(), atol=1e-5)
+    # Weighted by the starting model's class: a drift on its (rare, heavily weighted) boundary pixels counts more.
+    sure = torch.full((1, 4, 1, 2), -10.0)
+    sure[0, 0, 0, 0] = sure[0, 3, 0, 1] = 10.0  # pixel 0: background, pixel 1: boundary
+    drifted = sure.clone()
+    drifted[0, 1, 0, 1] = 10.0  # the boundary pixel drifts halfway to a cell
+    pair = torch.ones(1, 1, 2, dtype=torch.bool)
+    plain = float(distillation_loss(drifted, sure, pair))
+    weighted = float(distillation_loss(drifted, sure, pair, class_weights=torch.tensor([0.1, 1.0, 1.0, 10.0])))
+    assert weighted > 1.8 * plain  # mean over both pixels vs almost all the weight on the drifted one
     only_first = torch.zeros(2, 8, 8, dtype=torch.bool)
     only_first[0] = True  # the mean runs over the masked pixels only
     assert torch.isclose(distillation_loss(swapped, teacher, only_first, keep_types=1.0), full[0].mean(), atol=1e-5)

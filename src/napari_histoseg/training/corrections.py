@@ -181,7 +181,7 @@ def correction_loss(
     keep = (codes >= KEEP) & (codes <= KEEP + CELL_ANY)
     loss = weighted_cross_entropy(logits, torch.where(keep, torch.full_like(codes, IGNORE), codes), class_weights)
     if teacher_logits is not None and keep_weight > 0 and bool(keep.any()):
-        loss = loss + keep_weight * distillation_loss(logits, teacher_logits, keep, keep_types)
+        loss = loss + keep_weight * distillation_loss(logits, teacher_logits, keep, keep_types, class_weights)
     return loss
 
 
@@ -194,24 +194,33 @@ def _kind_log_probs(log_p: torch.Tensor) -> torch.Tensor:
 
 
 def distillation_loss(
-    logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, keep_types: float = DEFAULT_KEEP_TYPES
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    keep_types: float = DEFAULT_KEEP_TYPES,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over ``mask`` (B, H, W) of how far the model's class probabilities moved from the starting model's.
+    """How far the model's class probabilities moved from the starting model's, over the pixels of ``mask``.
 
     Per pixel ``KL_kind + keep_types * (KL - KL_kind)``: ``KL`` is the Kullback-Leibler divergence from the
     starting model's softmax to the model's over the four classes, ``KL_kind`` the same over the three kinds
     (background, cell, boundary). ``KL - KL_kind`` is what the split of a cell between the two types adds, so
     ``keep_types`` 0 holds where cells are and where they end but lets their types follow the corrections, and 1
-    holds everything (plain distillation).
+    holds everything (plain distillation). The mean is weighted per pixel by the class weight of the starting
+    model's class there (its expectation under its softmax), as the cross-entropy is: a plain mean would be a mean
+    over background, and the thin boundary ring, a few percent of the pixels, would be free to vanish.
     """
     log_p = torch.log_softmax(logits, dim=1)
     log_t = torch.log_softmax(teacher_logits.detach(), dim=1)
-    full = (log_t.exp() * (log_t - log_p)).sum(dim=1)
+    p_t = log_t.exp()
+    full = (p_t * (log_t - log_p)).sum(dim=1)
     kind_t, kind_p = _kind_log_probs(log_t), _kind_log_probs(log_p)
     kind = (kind_t.exp() * (kind_t - kind_p)).sum(dim=1)
     per_pixel = kind + keep_types * (full - kind)
     weights = mask.to(per_pixel.dtype)
-    return (per_pixel * weights).sum() / weights.sum().clamp_min(1.0)
+    if class_weights is not None:
+        weights = weights * torch.einsum("bchw,c->bhw", p_t, class_weights.to(p_t.dtype))
+    return (per_pixel * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
 def predict_classes(
