@@ -188,13 +188,15 @@ def test_bf16_labels_within_the_stated_tolerance_across_thread_counts(monkeypatc
     import napari_histoseg.engine.device as device
     from napari_histoseg.engine.infer import InferenceSettings, run
     from napari_histoseg.engine.jobs import load_model, segment_image
+    from napari_histoseg.engine.resolution import read_padded
     from napari_histoseg.io.slide import open_slide
     from napari_histoseg.samples import sample_path
 
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)  # bf16 autocast even on a CPU without bf16 units
     model, card = load_model(None)
     with open_slide(sample_path()) as slide:
-        image = slide.read_region(0, 1600, 800, 256, 256)  # epidermis and dermis: one window (emulated bf16 is slow)
+        # Epidermis and dermis: one window (emulated bf16 is slow).
+        image = read_padded(slide.levels[0], 1600, 800, 1856, 1056)
     threads = torch.get_num_threads()
     labels = []
     try:

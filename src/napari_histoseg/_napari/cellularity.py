@@ -12,6 +12,7 @@ import numpy as np
 from napari.layers import Image, Labels, Shapes
 
 from napari_histoseg.analysis.cellularity import CellularityGrid, cellularity_readout
+from napari_histoseg.units import is_micron
 
 COLORMAP = "magma"
 _ELLIPSE_VERTICES = 64
@@ -83,7 +84,7 @@ def _ellipse_polygon(corners: np.ndarray) -> np.ndarray:
 def labels_mpp(labels: Labels) -> float | None:
     """Microns per level-0 label pixel when the layer's units are microns."""
     unit = str(labels.units[-1]) if labels.units else ""
-    return float(labels.scale[-1]) if unit in ("micrometer", "um", "µm") else None
+    return float(labels.scale[-1]) if is_micron(unit) else None
 
 
 def layer_readout(labels: Labels, shapes: Shapes | None = None, *, table: Any = None, **cell_kwargs) -> dict:

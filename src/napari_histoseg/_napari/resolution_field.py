@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from magicgui.widgets import Container, FloatSpinBox, PushButton
 
+from ..units import MICRON_UNITS
 from .form import tip
 from .readout import readout_label
 
 MPP_KEY = "histoseg_mpp"  # image layer metadata: {"mpp": float, "source": "entered" | "estimated", "note": str}
 UNKNOWN_STYLE = "color: #f0a840;"  # the note, when the file states no resolution
-MICRON_UNITS = ("micrometer", "micron", "um", "\u00b5m")
 
 
 def layer_mpp(layer) -> tuple[float | None, str]:

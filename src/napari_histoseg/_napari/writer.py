@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from napari_histoseg.io.export import write_labels_ome_zarr, write_labels_tiff
+from napari_histoseg.units import is_micron
 
-_MICRONS = {"um", "µm", "micrometer", "micron", "micrometre"}
 ZARR_SUFFIXES = (".zarr",)
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -16,7 +16,7 @@ def layer_mpp(attributes: dict) -> float | None:
     """Microns per level-0 pixel of a layer, when its scale is in microns."""
     units = attributes.get("units") or ()
     scale = attributes.get("scale") or ()
-    if len(scale) >= 1 and units and str(units[-1]) in _MICRONS:
+    if len(scale) >= 1 and units and is_micron(units[-1]):
         return float(scale[-1])
     return None
 

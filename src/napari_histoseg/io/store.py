@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..classes import CLASS_COLORS, CLASS_NAMES
+from ..fileio import atomic_write
 from .outputs import DONE_DIR, remove_store
 
 log = logging.getLogger(__name__)
@@ -308,9 +309,7 @@ class LabelStore:
                 self.probabilities[y0:y1, x0:x1] = 0
             else:
                 self.probabilities[y0:y1, x0:x1] = np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
-        tmp = self._marker(index).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"core": list(core), "counts": counts}))
-        os.replace(tmp, self._marker(index))
+        atomic_write(self._marker(index), json.dumps({"core": list(core), "counts": counts}).encode())
 
     def finalize(self, summary: dict) -> None:
         """Mark the store complete and keep the run summary in its attributes."""
