@@ -43,9 +43,9 @@ from napari_histoseg.engine.jobs import default_model_path, load_model, segment_
 from napari_histoseg.export_pairs import reviewed_from_edits, save_pair
 from napari_histoseg.training.config import TrainConfig
 from napari_histoseg.training.corrections import FINETUNE_DEFAULTS
-from napari_histoseg.training.data import read_image
 from napari_histoseg.training.evaluate import run_evaluation
 from napari_histoseg.training.evaluate_points import run_point_evaluation
+from napari_histoseg.training.image_files import read_image
 from napari_histoseg.training.train import EpochEvent, TrainStart, run_training
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

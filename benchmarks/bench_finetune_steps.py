@@ -23,9 +23,10 @@ import torch
 
 from napari_histoseg.engine.jobs import load_model
 from napari_histoseg.training.config import TrainConfig
-from napari_histoseg.training.data import find_pairs, load_pairs
 from napari_histoseg.training.loss import weighted_cross_entropy
 from napari_histoseg.training.optim import freeze_batchnorm, lr_factor, make_optimizer
+from napari_histoseg.training.pair_folders import find_pairs
+from napari_histoseg.training.samples import load_pairs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETTINGS = (

@@ -35,7 +35,8 @@ from napari_histoseg.analysis.metrics import (
 from napari_histoseg.analysis.opening import radius_at
 from napari_histoseg.engine.infer import InferenceSettings, run
 from napari_histoseg.engine.jobs import load_model, segment_image
-from napari_histoseg.training.data import find_pairs, load_pairs, pooled_stain_stats
+from napari_histoseg.training.pair_folders import find_pairs
+from napari_histoseg.training.samples import load_pairs, pooled_stain_stats
 
 FACTOR = 2  # 40x -> 20x
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from napari_histoseg.training.data import find_pairs, load_pairs
-from napari_histoseg.training.dataset import PatchDataset, default_num_workers, make_loader
+from napari_histoseg.training.pair_folders import find_pairs
+from napari_histoseg.training.patch_datasets import PatchDataset, default_num_workers, make_loader
+from napari_histoseg.training.samples import load_pairs
 from napari_histoseg.training.train import EpochEvent, StepEvent, TrainConfig, TrainStart, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep"

@@ -21,7 +21,7 @@ from napari_histoseg._napari.layers import class_colormap
 from napari_histoseg.analysis.instances import cell_rules, cells_from_labels
 from napari_histoseg.engine.infer import InferenceSettings, run
 from napari_histoseg.engine.jobs import load_model, segment_image
-from napari_histoseg.training.data import read_image
+from napari_histoseg.training.image_files import read_image
 from napari_histoseg.training.points import read_points
 
 

@@ -21,8 +21,9 @@ from napari_histoseg.analysis.metrics import SegmentationMetrics, instance_centr
 from napari_histoseg.analysis.point_scores import score_image, summarize
 from napari_histoseg.engine.infer import InferenceSettings, run
 from napari_histoseg.engine.jobs import load_model, segment_image
-from napari_histoseg.training.data import find_pairs, load_pairs
+from napari_histoseg.training.pair_folders import find_pairs
 from napari_histoseg.training.points import find_point_files, load_point_samples, read_spec, site_of
+from napari_histoseg.training.samples import load_pairs
 
 
 def px_at_rules(area_um2: float) -> int:

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from napari_histoseg.classes import BOUNDARY, NON_TUMOR, TUMOR
 from napari_histoseg.training.border_weights import border_weights
-from napari_histoseg.training.data import Sample
-from napari_histoseg.training.dataset import PatchDataset
 from napari_histoseg.training.loss import weighted_cross_entropy
+from napari_histoseg.training.patch_datasets import PatchDataset
+from napari_histoseg.training.samples import Sample
 
 
 def _square(labels: np.ndarray, y: int, x: int, size: int, cls: int) -> None:

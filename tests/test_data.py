@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -12,19 +10,11 @@ import pytest
 import torch
 
 from napari_histoseg.classes import CLASS_COLORS
-from napari_histoseg.training import data as data_mod
-from napari_histoseg.training.data import (
-    DatasetError,
-    Pair,
-    cached_class_weights,
-    class_weights,
-    find_pairs,
-    load_pairs,
-    read_image,
-    read_mask,
-    split_by_image,
-)
-from napari_histoseg.training.dataset import EvalDataset, PatchDataset, make_loader
+from napari_histoseg.training.class_weights import class_weights
+from napari_histoseg.training.image_files import read_image, read_mask
+from napari_histoseg.training.pair_folders import DatasetError, Pair, find_pairs, split_by_image
+from napari_histoseg.training.patch_datasets import EvalDataset, PatchDataset, make_loader
+from napari_histoseg.training.samples import Sample, load_pairs
 
 
 def _labels(h: int = 16, w: int = 16, seed: int = 0) -> np.ndarray:
@@ -209,31 +199,6 @@ def test_absent_class_warns_and_gets_a_finite_weight():
     assert weights.tolist() == pytest.approx([4 / 3, 4.0, 4.0, 4.0])
 
 
-def test_cached_class_weights_reuses_and_invalidates(good_set: Path, tmp_path_factory, monkeypatch):
-    cache = tmp_path_factory.mktemp("cache")
-    pairs = find_pairs(good_set)
-    expected = class_weights([_labels(seed=i) for i in range(3)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert np.array_equal(cached_class_weights(pairs, cache), expected)
-    assert len(list(cache.glob("class_weights_*.json"))) == 1
-
-    def no_reading(*args, **kwargs):
-        raise AssertionError("the cache should have been used")
-
-    monkeypatch.setattr(data_mod, "read_mask", no_reading)
-    assert np.array_equal(cached_class_weights(pairs, cache), expected)
-    monkeypatch.undo()
-
-    new = np.zeros((16, 16), np.uint8)
-    new[:4] = 1
-    iio.imwrite(pairs[0].gt, CLASS_COLORS[new])
-    stat = pairs[0].gt.stat()
-    os.utime(pairs[0].gt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    fresh = cached_class_weights(pairs, cache)
-    assert np.array_equal(fresh, class_weights([new, _labels(seed=1), _labels(seed=2)]))
-
-
 # --- split -------------------------------------------------------------------------------------------------
 
 
@@ -274,7 +239,7 @@ def _samples(sizes, seed=0):
     out = []
     for i, (h, w) in enumerate(sizes):
         labels = rng.integers(0, 4, (h, w)).astype(np.uint8)
-        out.append(data_mod.Sample(f"s{i}", CLASS_COLORS[labels].copy(), labels, None))
+        out.append(Sample(f"s{i}", CLASS_COLORS[labels].copy(), labels, None))
     return out
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from napari_histoseg.export_pairs import PairExportError, labelled_box, safe_name, save_pair, unique_name
-from napari_histoseg.training.data import find_pairs, read_image, read_mask
+from napari_histoseg.training.image_files import read_image, read_mask
+from napari_histoseg.training.pair_folders import find_pairs
 
 
 def _pair(h: int = 40, w: int = 56) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _trainsets import write_point_set
-from napari_histoseg.training.data import DatasetError
+from napari_histoseg.training.pair_folders import DatasetError
 from napari_histoseg.training.points import (
     find_point_files,
     is_point_set,

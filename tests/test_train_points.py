@@ -12,9 +12,9 @@ from _trainsets import write_point_set, write_set
 from napari_histoseg.analysis.stain_stats import LabStats
 from napari_histoseg.model.checkpoint import card_for, load_checkpoint, read_card, save_checkpoint
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
-from napari_histoseg.training.data import Sample
 from napari_histoseg.training.point_training import patch_share_weights
 from napari_histoseg.training.run_folder import read_metrics_csv
+from napari_histoseg.training.samples import Sample
 from napari_histoseg.training.train import TrainConfig, TrainConfigError, TrainResult, train
 
 torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """Save an image and its class labels as a training pair: ``DIR/input/<name>.png`` + ``DIR/gt/<name>_gt.png``.
 
 This is how a corrected prediction becomes training data: the gt file is colour-coded with ``CLASS_COLORS`` so it
-reads back with :func:`napari_histoseg.training.data.read_mask` exactly. A corrected prediction also saves
+reads back with :func:`napari_histoseg.training.image_files.read_mask` exactly. A corrected prediction also saves
 ``DIR/reviewed/<name>.png`` (the pixels the user changed or confirmed, white; only they teach, see
 ``training.corrections``) and ``DIR/meta/<name>.json`` (the image's own microns per pixel).
 """

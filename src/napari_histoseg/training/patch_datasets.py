@@ -1,6 +1,6 @@
 """Torch datasets over decoded samples, and the data-loader factory.
 
-Images are decoded once (``data.load_pairs``) and kept in memory; a training item is a random patch, augmented
+Images are decoded once (``samples.load_pairs``) and kept in memory; a training item is a random patch, augmented
 with numpy/scipy. Item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so runs are reproducible and do
 not depend on the number of workers or on the order in which workers handle items.
 """
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import augment as augment_pair
 from .border_weights import DEFAULT_BORDER_SIGMA, border_weights
-from .data import Sample
+from .samples import Sample
 
 
 def _pad_to(image: np.ndarray, labels: np.ndarray, height: int, width: int, mode: str):

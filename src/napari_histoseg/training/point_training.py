@@ -19,9 +19,9 @@ from ..engine.jobs import segment_image
 from ..engine.resolution import plan_resolution, rgb_to_compute
 from ..engine.stain_transform import normalizer_for
 from ..model.checkpoint import ModelCard
-from .data import Sample
 from .point_targets import hematoxylin_mask, point_targets
 from .points import PointSample, PointSpec, find_point_files, load_point_samples, read_spec
+from .samples import Sample
 
 log = logging.getLogger(__name__)
 

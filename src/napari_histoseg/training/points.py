@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DatasetError, _files, input_images, read_image
+from .image_files import read_image
+from .pair_folders import DatasetError, input_images, visible_files
 
 POINTS_DIR = "points"
 METADATA = "points.json"
@@ -116,7 +117,7 @@ def find_point_files(root: str | Path) -> list[PointFile]:
         )
     problems: list[str] = []
     images = input_images(input_dir, problems)
-    tables = {p.stem: p for p in _files(points_dir) if p.suffix.lower() == ".csv"}
+    tables = {p.stem: p for p in visible_files(points_dir) if p.suffix.lower() == ".csv"}
     for name in sorted(images.keys() - tables.keys()):
         problems.append(f"{images[name]}: no points (expected {points_dir / (name + '.csv')})")
     for name in sorted(tables.keys() - images.keys()):

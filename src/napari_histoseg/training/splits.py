@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 
 from .config import DEFAULT_VAL_FRACTION, TrainConfig
-from .data import find_pairs, split_by_image
+from .pair_folders import find_pairs, split_by_image
 
 
 def _group_of(regex: str | None) -> Callable[[str], str] | None:
