@@ -106,6 +106,15 @@ def test_distillation_holds_kinds_and_frees_types():
     plain = float(distillation_loss(drifted, sure, pair))
     weighted = float(distillation_loss(drifted, sure, pair, class_weights=torch.tensor([0.1, 1.0, 1.0, 10.0])))
     assert weighted > 1.8 * plain  # mean over both pixels vs almost all the weight on the drifted one
+    # With the card's logit bias the KL compares what inference decides on: a boundary pixel that the bias flips
+    # to background moved little in the raw softmax, much in the adjusted one.
+    bias = torch.tensor([0.0, 0.0, 0.0, -2.3])
+    was = torch.tensor([0.0, -9.0, -9.0, 2.5]).view(1, 4, 1, 1)
+    now = torch.tensor([0.0, -9.0, -9.0, 2.1]).view(1, 4, 1, 1)
+    one = torch.ones(1, 1, 1, dtype=torch.bool)
+    assert int((was + bias.view(1, 4, 1, 1)).argmax()) == 3 and int((now + bias.view(1, 4, 1, 1)).argmax()) == 0
+    raw, adjusted = distillation_loss(now, was, one), distillation_loss(now, was, one, logit_bias=bias)
+    assert float(adjusted) > 2 * float(raw)
     only_first = torch.zeros(2, 8, 8, dtype=torch.bool)
     only_first[0] = True  # the mean runs over the masked pixels only
     assert torch.isclose(distillation_loss(swapped, teacher, only_first, keep_types=1.0), full[0].mean(), atol=1e-5)

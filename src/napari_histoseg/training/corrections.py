@@ -175,13 +175,16 @@ def correction_loss(
     teacher_logits: torch.Tensor | None = None,
     keep_weight: float = DEFAULT_KEEP_WEIGHT,
     keep_types: float = DEFAULT_KEEP_TYPES,
+    logit_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted cross-entropy of the reviewed (and ordinary) pixels + ``keep_weight`` x the distillation term of
     the kept ones (:func:`distillation_loss`; without ``teacher_logits`` the kept pixels are ignored)."""
     keep = (codes >= KEEP) & (codes <= KEEP + CELL_ANY)
     loss = weighted_cross_entropy(logits, torch.where(keep, torch.full_like(codes, IGNORE), codes), class_weights)
     if teacher_logits is not None and keep_weight > 0 and bool(keep.any()):
-        loss = loss + keep_weight * distillation_loss(logits, teacher_logits, keep, keep_types, class_weights)
+        loss = loss + keep_weight * distillation_loss(
+            logits, teacher_logits, keep, keep_types, class_weights, logit_bias
+        )
     return loss
 
 
@@ -199,6 +202,7 @@ def distillation_loss(
     mask: torch.Tensor,
     keep_types: float = DEFAULT_KEEP_TYPES,
     class_weights: torch.Tensor | None = None,
+    logit_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """How far the model's class probabilities moved from the starting model's, over the pixels of ``mask``.
 
@@ -209,7 +213,14 @@ def distillation_loss(
     holds everything (plain distillation). The mean is weighted per pixel by the class weight of the starting
     model's class there (its expectation under its softmax), as the cross-entropy is: a plain mean would be a mean
     over background, and the thin boundary ring, a few percent of the pixels, would be free to vanish.
+
+    With ``logit_bias`` (the card's, added to both models' logits) the distributions compared are those inference
+    decides on: the raw softmax of a model trained with class weights puts most of a boundary pixel's mass on
+    "boundary" whether or not the bias leaves it boundary, so a raw KL barely moves while decisions flip.
     """
+    if logit_bias is not None:
+        bias = logit_bias.to(logits.dtype).view(1, -1, 1, 1)
+        logits, teacher_logits = logits + bias, teacher_logits + bias
     log_p = torch.log_softmax(logits, dim=1)
     log_t = torch.log_softmax(teacher_logits.detach(), dim=1)
     p_t = log_t.exp()

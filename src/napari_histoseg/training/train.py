@@ -68,6 +68,7 @@ class _Run:
         data = setup.data
         self.weights_t = torch.as_tensor(data.class_weights, device=setup.device)
         self.logit_bias = logit_adjustment(data.class_weights)
+        self.bias_t = torch.as_tensor(self.logit_bias, dtype=torch.float32, device=setup.device)
         self.stain_target = data.stain.to_dict() if data.stain is not None else {}
         # Validation sees what `histoseg evaluate` sees: the val images' pooled colours mapped onto the training data's.
         self.val_normalize = normalizer_for(pooled_stain_stats(data.val), data.stain) if data.val else None
@@ -170,8 +171,9 @@ class _Run:
             with torch.no_grad(), training_autocast(s.device) if config.amp else contextlib.nullcontext():
                 teacher_logits = self.teacher(images)
             return correction_loss(
-                logits.float(), labels, self.weights_t, teacher_logits.float(), config.keep_weight, config.keep_types
-            )
+                logits.float(), labels, self.weights_t, teacher_logits.float(), config.keep_weight, config.keep_types,
+                self.bias_t,
+            )  # fmt: skip
         border_t = border[0].to(s.device, non_blocking=True) if border else None
         return weighted_cross_entropy(logits.float(), labels, self.weights_t, border_t)
 
