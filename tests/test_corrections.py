@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _trainsets import blob_image, write_set
-from napari_histoseg.classes import NON_TUMOR, TUMOR
+from napari_histoseg.classes import BACKGROUND, NON_TUMOR, TUMOR
 from napari_histoseg.export_pairs import PairExportError, reviewed_from_edits, save_pair
 from napari_histoseg.model.checkpoint import read_card
 from napari_histoseg.training.config import TrainConfig
@@ -21,9 +21,10 @@ from napari_histoseg.training.corrections import (
     distillation_loss,
     encode_targets,
     held_regions,
+    prepare_samples,
     resample_sample,
 )
-from napari_histoseg.training.data import find_pairs, load_pairs
+from napari_histoseg.training.data import Sample, find_pairs, load_pairs
 from napari_histoseg.training.loss import weighted_cross_entropy
 from napari_histoseg.training.point_targets import CELL_ANY, IGNORE
 from napari_histoseg.training.train import run_training, split_data
@@ -60,6 +61,23 @@ def test_pair_with_reviewed_mask_and_resolution_round_trips(tmp_path):
     up = resample_sample(samples[0], 0.25)
     assert up.image.shape == (64, 64, 3) and up.mpp == 0.25
     assert np.array_equal(up.labels[::2, ::2], labels) and np.array_equal(up.reviewed[::2, ::2], reviewed)
+
+
+def test_upsampled_pair_teaches_interiors_and_holds_edges():
+    # A 20x pair on a 40x model's grid: its reviewed cells teach inside, and along their edges (where the coarse
+    # labels say nothing exact about the model's thin boundary ring) they are held like unreviewed pixels.
+    labels = np.zeros((24, 24), np.uint8)
+    labels[4:14, 4:14] = TUMOR
+    reviewed = np.zeros((24, 24), bool)
+    reviewed[2:16, 2:16] = True
+    sample = Sample("a", np.full((24, 24, 3), 200, np.uint8), labels, None, reviewed, 0.5)
+    train, _, review = prepare_samples([sample], [], 0.25, None, seed=0)
+    codes = train[0].labels
+    assert codes.shape == (48, 48) and len(review) == 1
+    assert codes[18, 18] == TUMOR  # the middle of the cell: taught its corrected type
+    assert codes[4, 4] == BACKGROUND  # reviewed background away from the cell: taught
+    assert codes[7, 18] == KEEP + BACKGROUND and codes[8, 18] == KEEP + CELL_ANY  # the cell's edge: held
+    assert codes[40, 40] == KEEP + BACKGROUND  # unreviewed: held
 
 
 def test_codes_and_loss():

@@ -158,11 +158,13 @@ def prepare_samples(
         codes = encode_targets(sample.labels, sample.reviewed, item.held)
         if factor > 1:
             # Labels drawn at a coarser resolution than the model's say nothing exact about the finer pixels along
-            # their edges (the thin boundary ring, most of all, is lost at 20x): those pixels are not taught.
-            # The unreviewed pixels there are still held at the starting model's output on the same upsampled image.
-            size = int(round(factor)) + 1
+            # their edges (the thin boundary ring, most of all, is lost at 20x): there the reviewed pixels are held
+            # at the starting model's output like the unreviewed ones, not taught (a hard "cell" or "background"
+            # on the model's ring would teach it to drop the ring everywhere).
+            size = 2 * int(round(factor)) + 1
             edges = ndi.maximum_filter(sample.labels, size) != ndi.minimum_filter(sample.labels, size)
-            codes[edges & sample.reviewed] = IGNORE
+            taught_edges = edges & sample.reviewed & ~item.held
+            codes[taught_edges] = encode_targets(sample.labels, np.zeros_like(sample.reviewed))[taught_edges]
         train_out.append(Sample(sample.name, image, codes, None, None, sample.mpp))
     val_out = [resample_sample(s, model_mpp) for s in val]
     return train_out, val_out, review
