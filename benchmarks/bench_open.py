@@ -239,7 +239,7 @@ def main() -> None:
         ),
     ]
 
-    from napari_histoseg.io.tissue import tissue_mask
+    from napari_histoseg.analysis.tissue import tissue_mask
 
     start = time.perf_counter()
     mask, downsample = tissue_mask(slide)

@@ -20,10 +20,10 @@ import tifffile
 import torch
 
 from napari_histoseg.analysis.instances import cells_from_labels
+from napari_histoseg.analysis.tissue import image_stain_stats
 from napari_histoseg.engine.infer import InferenceSettings, run
 from napari_histoseg.engine.jobs import load_model, segment_image
 from napari_histoseg.engine.stain_transform import ReinhardNormalizer
-from napari_histoseg.io.tissue import image_stain_stats
 from napari_histoseg.samples import sample_path
 
 MPP = 0.499  # the sample's level-0 resolution (its SVS description)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from _pyramids import real_tissue, write_pyramid
+from napari_histoseg.analysis.tissue import tissue_fraction, tissue_mask
 from napari_histoseg.io.slide import open_slide
-from napari_histoseg.io.tissue import tissue_fraction, tissue_mask
 
 
 def _disk_slide(tmp_path: Path, size: int = 1600, radius: int = 500, specks: bool = False) -> tuple[Path, np.ndarray]:

@@ -164,8 +164,8 @@ def iter_cells(
     ``polygons`` adds each cell's outline (``skimage.measure.find_contours``, simplified within ``tolerance`` px).
     The per-block tables are only in the events: a consumer that writes them out keeps memory bounded.
     ``min_area``, ``edge_min_area`` (for cells cut by the map's edge) and ``expand`` are the rules of
-    ``cells_from_labels``, given at ``postprocess.RULES_MPP``: with ``mpp`` (microns per pixel of the map) they are
-    converted to the map's pixels (``postprocess.cell_rules``); without it they are taken as pixels.
+    ``cells_from_labels``, given at ``instances.RULES_MPP``: with ``mpp`` (microns per pixel of the map) they are
+    converted to the map's pixels (``instances.cell_rules``); without it they are taken as pixels.
     """
     labels = label_array(source, level)
     if block < 16:

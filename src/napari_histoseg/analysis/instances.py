@@ -12,31 +12,21 @@ from ..classes import BOUNDARY, NON_TUMOR, TUMOR
 _CONNECTIVITY_1 = ndi.generate_binary_structure(2, 1)
 _CONNECTIVITY_2 = ndi.generate_binary_structure(2, 2)
 
-#: Smallest cell kept, in pixels of cell interior (before the boundary ring is added); 20 px at the model's
-#: 0.25 um/px is 1.25 um^2, far below a real nucleus (20-50 um^2): smaller specks are noise. Tuned on CoNSeP val
-#: with scripts/tune_postprocess.py. For the bundled model (opening radius 2): detection F1 0.703 at 12 px, 0.709
-#: at 16, 0.710 at 20, 0.707 at 24 (precision 0.790 -> 0.822 -> 0.831 from 12 to 24 px, recall 0.633 -> 0.625
-#: -> 0.616) and tumor type F1 0.592 at 12, 0.604 at 20. (The session-1 model scored 0.652 at both 12 and 16 px,
-#: 0.647 at 24.) The ceiling (the ground-truth class map scored against the instance maps) falls from 0.952 at
-#: 12 px to 0.928 at 20: true nuclei that small exist, most of them cut by the patch edge, hence the next rule.
+# The sizes below were tuned on the bundled model's CoNSeP validation predictions (scripts/tune_postprocess.py);
+# the figures that chose them are in docs/tuning-log.md ("Cell rules").
+#: Smallest cell kept, in pixels of cell interior (before the boundary ring is added): smaller specks are noise.
 DEFAULT_MIN_AREA = 20
-#: Smallest cell kept where it touches the image edge (only part of the nucleus is in the image). On CoNSeP val
-#: (patches of 256 px, many nuclei cut) the ceiling is 0.944 with 4 px (0.928 with 20 px everywhere, 0.952 with
-#: 12) and the bundled model's detection F1 0.713 (0.710 with 20 px everywhere), tumor type F1 0.605.
+#: Smallest cell kept where it touches the image edge, where only part of the nucleus is in the image.
 DEFAULT_EDGE_MIN_AREA = 4
 #: Reach (px) of a cell into the boundary class around it (see :func:`cells_from_labels`).
 DEFAULT_EXPAND = 3.0
-#: Seed rule of :func:`split_touching` (see there); on the bundled model's CoNSeP val predictions, ratio 0.3-0.7 and
-#: depth 1-2 px all scored at or below these (``scripts/tune_postprocess.py``).
+#: Seed rule of :func:`split_touching` (see there).
 DEFAULT_SPLIT_DEPTH = 1.5
 DEFAULT_SPLIT_RATIO = 0.5
 #: Microns per pixel at which the sizes above are given: the bundled model's resolution, where they were tuned.
 #: A label map at another resolution (a 20x slide's labels come back at 0.5 um/px) gets them converted by
 #: :func:`cell_rules`; the engine converts its opening radius (given at the model's resolution) the same way
-#: (``cleanup.radius_at``). On CoNSeP val segmented as a 20x slide (``benchmarks/bench_resolution.py``), the
-#: bundled model's detection F1 is 0.589 (recall 0.431) with these sizes taken as pixels of the 0.5 um/px map and
-#: 0.683 (recall 0.568) converted (opening radius 1 px, smallest cell 5 px, 1 px at the edge, reach 1.5 px, split
-#: depth 0.75 px); 0.713 at the model's own resolution.
+#: (``analysis.opening.radius_at``).
 RULES_MPP = 0.25
 
 
@@ -80,10 +70,8 @@ def split_touching(
     split along the neck by a watershed of the distance, while a single elongated or slightly irregular cell
     gives one. Seeds are found for all regions at once; the watershed runs only on regions with several seeds,
     each on its own crop, so a region's result does not depend on where it sits in the array (blockwise
-    extraction relies on that). (On the CoNSeP validation ground truth, an h-maxima seed rule with an absolute
-    h of 1-2 px over-split irregular nuclei: detection F1 against the instance maps fell from 0.969 to
-    0.955-0.965; with these defaults it is 0.967, and on the benchmark map the count is within 0.1% of the
-    nuclei drawn.)
+    extraction relies on that). A seed rule with an absolute depth over-split irregular nuclei
+    (docs/tuning-log.md).
     """
     count = int(instances.max()) if instances.size else 0
     if count == 0:

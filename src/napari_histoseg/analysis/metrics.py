@@ -44,6 +44,9 @@ from .instances import (
     cells_from_labels,
 )
 
+#: Largest distance (px) between the centroids of a predicted and a true cell that count as one: HoVer-Net's value.
+MATCH_RADIUS = 12.0
+
 _TYPES = (TUMOR, NON_TUMOR)
 
 #: The scalar scores of :meth:`SegmentationMetrics.compute`, in the order tables and CSV files show them.
@@ -206,7 +209,7 @@ class SegmentationMetrics:
     def __init__(
         self,
         num_classes: int = NUM_CLASSES,
-        match_radius: float = 12.0,
+        match_radius: float = MATCH_RADIUS,
         min_area: int = DEFAULT_MIN_AREA,
         edge_min_area: int | None = DEFAULT_EDGE_MIN_AREA,
         split_depth: float = DEFAULT_SPLIT_DEPTH,
@@ -275,7 +278,7 @@ class SegmentationMetrics:
     def compute(self) -> dict:
         """Pooled scores (see the module docstring): floats, NaN where undefined, and counts."""
         dice = _dice_from_confusion(self.confusion)
-        cell_dice = dice[1:4]
+        cell_dice = dice[1:NUM_CLASSES]  # every class but background
         mean_f1 = float(np.nanmean(cell_dice)) if np.isfinite(cell_dice).any() else float("nan")
         tp, fp, fn = self.tp_d, self.fp_d, self.fn_d
         return {

@@ -71,9 +71,8 @@ def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware: AMX tiles (Intel Xeon Sapphire Rapids and later) or
     AVX512-BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake).
 
-    Only there is bf16 autocast faster than fp32 on a CPU: a ResUNet++ training step at width 1.0, batch 8,
-    256 px took 3.0 s in bf16 against 8.0 s in fp32 on two AMX cores, and 3.3 s against 8.3 s on two AMD EPYC
-    (Zen 4) cores; the forward pass 0.73 s against 1.48 s there.
+    Only there is bf16 autocast faster than fp32 on a CPU (by about 2.5x for a training step; the timings are in
+    docs/tuning-log.md, "Precision").
     """
     capabilities = getattr(torch.cpu, "get_capabilities", None)
     if capabilities is None:  # torch < 2.6
@@ -99,9 +98,8 @@ def autocast_for(device: str | torch.device) -> contextlib.AbstractContextManage
     """Mixed precision for inference: bf16 autocast on CUDA (fp16 where bf16 is unsupported) and on CPUs with
     bf16 units (:func:`cpu_has_fast_bf16`).
 
-    Elsewhere fp32: on a CPU without them bf16 is slower than fp32, and MPS gains little. On this project's 2-core
-    AMX CPU, bf16 ran the width-1.0 network 1.45x faster (width 0.5: 1.13x) and moved the bundled model's CoNSeP
-    detection F1 by -0.003.
+    Elsewhere fp32: on a CPU without them bf16 is slower than fp32, and MPS gains little. Where it is used, bf16
+    barely moves the scores (docs/tuning-log.md, "Precision").
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():

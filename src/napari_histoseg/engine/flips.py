@@ -11,8 +11,8 @@ class FlipAveraged(nn.Module):
 
     Each flipped copy's output is flipped back before averaging, so the result lines up with the input. The four
     copies run as one batch (four times the work of the plain model). ``config`` is the wrapped model's, so code
-    reading ``model.config`` (classes, divisor) works on the wrapper too. On CoNSeP val it raised detection F1
-    by 0.003-0.010; tumor type F1 rose for one model and fell for another (README, "Test-time flips").
+    reading ``model.config`` (classes, divisor) works on the wrapper too. Opt-in: it does not help every model
+    (docs/tuning-log.md, "Test-time flips").
     """
 
     _FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..analysis.opening import open_labels, radius_at
+from ..classes import BACKGROUND, NUM_CLASSES
 from ..io.store import ArraySink, LabelStore
 from .allocator import tune_cpu_allocator
 from .predictor import BlockPredictor
@@ -37,7 +38,7 @@ class InferenceSettings:
     tile: int = 256
     overlap: float = 0.25
     block: int = 2048
-    opening_radius: int = 2  # px at the model's resolution (cleanup.radius_at converts it to the output grid)
+    opening_radius: int = 2  # px at the model's resolution (analysis.opening.radius_at converts it to the output grid)
     skip_background: bool = True
     probabilities: bool = False
     stain_normalize: bool = True  # map the slide's colours onto the model's training data (analysis/stain_stats.py)
@@ -256,8 +257,10 @@ def segment_block(
 def core_counts(work: BlockWork, labels: np.ndarray | None) -> np.ndarray:
     """Pixels per class in a block's core (``labels=None``: all background)."""
     if labels is None:
-        return np.array([(work.core[2] - work.core[0]) * (work.core[3] - work.core[1]), 0, 0, 0])
-    return np.bincount(labels.ravel(), minlength=4)[:4]
+        counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+        counts[BACKGROUND] = (work.core[2] - work.core[0]) * (work.core[3] - work.core[1])
+        return counts
+    return np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
 
 
 class RunTally:
@@ -265,7 +268,7 @@ class RunTally:
 
     def __init__(self, todo: list[tuple[int, int]], done: dict[tuple[int, int], list[int]]):
         self.todo = todo
-        self.counts = np.zeros(4, dtype=np.int64)
+        self.counts = np.zeros(NUM_CLASSES, dtype=np.int64)
         for index in todo:
             if index in done:
                 self.counts += np.asarray(done[index])

@@ -29,13 +29,12 @@ from .jobs import segment_image
 
 log = logging.getLogger(__name__)
 
-#: Median nucleus area (um^2) the bundled model finds on CoNSeP train images at 0.25 um/px
-#: (``python scripts/calibrate_mpp_estimate.py --calibrate --n 6``: 905 nuclei on 6 regions of 768 px; per region
-#: 8.0-13.1). Smaller than a real nucleus: the model's cells stop at their blue boundary ring.
+#: Median nucleus area (um^2) the bundled model finds on CoNSeP train images at 0.25 um/px; smaller than a real
+#: nucleus, as the model's cells stop at their boundary ring. Measured by ``scripts/calibrate_mpp_estimate.py
+#: --calibrate`` after each retrain (the run that set it: docs/tuning-log.md, "Resolution estimate").
 TYPICAL_NUCLEUS_UM2 = 11.7
 MIN_NUCLEUS_UM2 = 4.0  # smaller specks are not counted
 TILE_MODEL_PX = 384  # side of a measured tile, in pixels at the model's resolution
-MPP_RANGE = (0.1, 2.0)
 START_MPP = 0.5  # 20x, the commonest scan (tissue tiles are chosen for it)
 SCALES = (0.18, 0.25, 0.35, 0.5, 0.7, 1.0)  # um/px tried: about 60x to 10x
 
@@ -74,7 +73,7 @@ def tissue_tile_centres(image, n: int, tile_px: int, *, seed: int = 0) -> list[t
     ``image``: (H, W, 3) array-like (numpy, dask, zarr) at level 0, or a list of pyramid levels (level 0 first);
     the tissue mask is computed on the smallest level (or a strided sample) of at most ~2048 px.
     """
-    from ..io.tissue import mask_from_rgb
+    from ..analysis.tissue import mask_from_rgb
 
     levels = list(image) if isinstance(image, (list, tuple)) else [image]
     h, w = int(levels[0].shape[0]), int(levels[0].shape[1])

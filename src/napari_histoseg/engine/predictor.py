@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..classes import NUM_CLASSES
 from .device import autocast_for
 from .tiling import gaussian_weight
 
@@ -49,7 +50,7 @@ class BlockPredictor:
         self.tile = tile
         self.batch_size = batch_size
         self.weight = torch.from_numpy(gaussian_weight(tile)).to(device)
-        self.num_classes = int(getattr(getattr(model, "config", None), "num_classes", 4))
+        self.num_classes = int(getattr(getattr(model, "config", None), "num_classes", NUM_CLASSES))
         self.logit_bias = logit_bias_tensor(logit_bias, self.num_classes, device)  # added before the softmax
         self.amp = amp  # mixed precision where it is faster (device.autocast_for)
 

@@ -12,7 +12,6 @@ Two levels of tiling:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,14 +82,6 @@ def make_block(index: tuple[int, int], shape: tuple[int, int], block: int, grid:
     ys, xs = grid.starts(ny0, ny1, shape[0]), grid.starts(nx0, nx1, shape[1])
     read = (int(ys[0]), int(xs[0]), int(ys[-1]) + grid.tile, int(xs[-1]) + grid.tile)
     return Block(index=index, core=(y0, x0, y1, x1), read=read, window_starts=(ys - read[0], xs - read[1]))
-
-
-def iter_blocks(shape: tuple[int, int], block: int, grid: WindowGrid, halo: int = 0) -> Iterator[Block]:
-    """All blocks of an image, row by row."""
-    ny, nx = block_grid(shape, block)
-    for by in range(ny):
-        for bx in range(nx):
-            yield make_block((by, bx), shape, block, grid, halo)
 
 
 def gaussian_weight(tile: int, sigma_scale: float = 0.125) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..analysis.stain_stats import LabStats
+from ..analysis.tissue import image_stain_stats
 from ..engine.infer import InferenceSettings, run
 from ..engine.jobs import segment_image
 from ..engine.resolution import plan_resolution, rgb_to_compute
@@ -39,8 +40,6 @@ def resample_to_model(sample: PointSample, model_mpp: float | None) -> PointSamp
 
 def normalize_stain(image: np.ndarray, target: LabStats | None) -> np.ndarray:
     """The image's colours mapped onto ``target`` (Reinhard, as inference maps a slide); unchanged without one."""
-    from ..io.tissue import image_stain_stats  # imported here: io.tissue brings zarr and dask, training must not
-
     normalize = normalizer_for(image_stain_stats(image), target)
     if normalize is None:
         return image
