@@ -156,7 +156,7 @@ def measure(path: Path, block: int, export: bool) -> dict:
 
 def measure_export(array, path: Path, block: int) -> dict:
     """Time the slide exports (outlines + CSV + GeoJSON + summary) through a LabelStore view of the map."""
-    from napari_histoseg.io.export import write_slide_outputs
+    from napari_histoseg.jobs.measure import write_slide_outputs
 
     class _Store:  # the two attributes write_slide_outputs reads from a LabelStore
         def __init__(self):

@@ -14,7 +14,7 @@ The loop a user runs in napari, through the same core calls the widgets make:
    shorten it on a CPU (the widget's 20 epochs are hours there);
 5. score the bundled model and the fine-tuned best checkpoint on ``--held`` other images of that hospital
    (``training.evaluate_points.run_point_evaluation``: tumor type F1, per-image cellularity error) and on CoNSeP
-   val (``training.evaluate.run_evaluation``: detection F1), and print the figures as JSON.
+   val (``jobs.evaluate.run_evaluation``, the predict path: detection F1), and print the figures as JSON.
 
 Targets (issue 28): tumor type F1 up by >= 0.10 on the held-aside images after 5 corrected images, no class lost,
 CoNSeP val detection F1 down by no more than 0.02.
@@ -43,7 +43,7 @@ from napari_histoseg.engine.jobs import default_model_path, load_model, segment_
 from napari_histoseg.export_pairs import reviewed_from_edits, save_pair
 from napari_histoseg.training.config import TrainConfig
 from napari_histoseg.training.corrections import FINETUNE_DEFAULTS
-from napari_histoseg.training.evaluate import run_evaluation
+from napari_histoseg.jobs.evaluate import run_evaluation
 from napari_histoseg.training.evaluate_points import run_point_evaluation
 from napari_histoseg.training.image_files import read_image
 from napari_histoseg.training.train import EpochEvent, TrainStart, run_training

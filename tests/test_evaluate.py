@@ -1,4 +1,4 @@
-"""Evaluation of a model or checkpoint on folder pairs."""
+"""Evaluation on folder pairs: ``histoseg evaluate`` (the predict path) and validation during training."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -14,15 +15,16 @@ from torch import nn
 from _trainsets import _COLOURS, blob_image, write_set
 from napari_histoseg.analysis.stain_stats import LabStats, lab_stats
 from napari_histoseg.engine.stain_transform import ReinhardNormalizer
+from napari_histoseg.jobs.evaluate import evaluate_folder_job, run_evaluation
+from napari_histoseg.jobs.progress import Progress, drive
 from napari_histoseg.model.checkpoint import CheckpointError, card_for, save_checkpoint
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
-from napari_histoseg.training.data import Sample, find_pairs, load_pairs
+from napari_histoseg.training.data import Sample, find_pairs, load_pairs, read_mask
 from napari_histoseg.training.evaluate import (
     EvalProgress,
     EvalResult,
     evaluate_model,
     format_metrics,
-    run_evaluation,
 )
 
 torch.set_num_threads(1)
@@ -88,7 +90,8 @@ def test_an_untrained_checkpoint_on_folder_pairs(tmp_path):
     ckpt = save_checkpoint(tmp_path / "m", model, card_for(model, mpp=0.25))
     seen = []
     result = run_evaluation(data_dir, ckpt, device="cpu", on_event=seen.append)
-    assert result.images == 3 and seen[-1] is result
+    assert result.images == 3 and [(e.done, e.total, e.unit) for e in seen] == [(k, 3, "image") for k in (1, 2, 3)]
+    assert all(isinstance(e, Progress) and isinstance(e.detail, EvalProgress) for e in seen)
     assert result.model_mpp == 0.25 and result.checkpoint == str(ckpt)
     assert len(result.metrics["dice"]) == 4
     decoded = json.loads(result.to_json())  # strict JSON: NaN becomes null
@@ -159,3 +162,46 @@ def test_folder_pairs_round_trip(tmp_path):
     loaded, _ = load_pairs(find_pairs(data_dir))
     result = run(evaluate_model(ColourOracle(), loaded, device="cpu"))[-1]
     assert Path(data_dir).is_dir() and result.metrics["detection_f1"] == 1.0
+
+
+def test_evaluate_scores_exactly_the_label_maps_predict_writes(tmp_path, monkeypatch):
+    """``histoseg evaluate DIR`` and ``histoseg predict DIR/input``: the same label maps, with stain normalisation
+    (statistics pooled over the folder) and an opening, at two image sizes."""
+    from napari_histoseg.cli import main
+
+    data_dir = write_set(tmp_path / "data", n=2, size=96)
+    write_set(tmp_path / "data", n=1, size=72, seed=5, prefix="small")
+    torch.manual_seed(3)  # a random model whose maps hold several classes
+    model = build_model(ModelConfig.scaled(0.25))
+    far = LabStats((55.0, 20.0, -15.0), (12.0, 8.0, 6.0))
+    ckpt = save_checkpoint(tmp_path / "m", model, card_for(model, mpp=0.25, stain_target=far.to_dict()))
+    options = ["--device", "cpu", "--tile", "64", "--overlap", "0.25", "--opening-radius", "1"]
+    assert (
+        main(["predict", str(data_dir / "input"), "--out", str(tmp_path / "pred"), "--model", str(ckpt), *options]) == 0
+    )
+    predicted = {
+        p.name.removesuffix("_pred.png"): read_mask(p, tolerance=0)[0] for p in (tmp_path / "pred").glob("*.png")
+    }
+
+    from napari_histoseg.jobs.evaluate import evaluation_settings
+
+    scored = {}
+    settings = evaluation_settings(device="cpu", tile=64, overlap=0.25, opening_radius=1)
+    result = drive(
+        evaluate_folder_job(data_dir, ckpt, settings, on_labels=lambda name, labels: scored.update({name: labels}))
+    )
+    assert sorted(scored) == sorted(predicted) == ["img_000", "img_001", "small_000"]
+    for name, labels in scored.items():
+        np.testing.assert_array_equal(labels, predicted[name], err_msg=name)
+    assert len({int(v) for labels in scored.values() for v in np.unique(labels)}) >= 2  # not a blank map
+    assert result.settings["stain"]["target"] == far.to_dict()
+    assert result.settings["tile"] == 64 and result.settings["opening_radius"] == 1
+
+    # Per-image statistics (the old predict path) give other maps: the pooling is what both share.
+    from napari_histoseg.engine.infer import run as run_job
+    from napari_histoseg.engine.jobs import load_model, segment_image
+
+    loaded, card = load_model(ckpt)
+    image = iio.imread(data_dir / "input" / "small_000.png")
+    alone = run_job(segment_image(image, loaded, card, settings, name="small_000")).labels
+    assert not np.array_equal(alone, scored["small_000"])

@@ -17,13 +17,11 @@ from napari_histoseg.io.export import (
     ExportError,
     Frame,
     output_paths,
-    write_cells_csv,
-    write_cells_geojson,
     write_labels_ome_zarr,
     write_labels_tiff,
-    write_slide_outputs,
 )
 from napari_histoseg.io.store import LabelStore
+from napari_histoseg.jobs.measure import write_cells_csv, write_cells_geojson, write_slide_outputs
 
 
 def _segments_cross(p1, p2, q1, q2) -> bool:

@@ -12,8 +12,9 @@ from skimage.io import imread, imsave
 import _tiny
 from _tiny import tissue_rgb, write_slide
 from napari_histoseg.cli import main
-from napari_histoseg.io.export import exports_whole, write_slide_outputs
+from napari_histoseg.io.export import exports_whole
 from napari_histoseg.io.store import LabelStore, StoreError
+from napari_histoseg.jobs.measure import write_slide_outputs
 
 
 @pytest.fixture(scope="module")

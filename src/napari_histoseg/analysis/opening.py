@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 from skimage.morphology import disk, opening
 
+#: Radius (px at the model's resolution) of the opening applied to predictions: inference, evaluation, training.
+DEFAULT_OPENING_RADIUS = 2
+
 
 def radius_at(radius: int, factor: float) -> int:
     """An opening radius given at the model's resolution, in pixels of a grid ``factor`` times coarser.

@@ -62,22 +62,30 @@ def _sample(rgb: np.ndarray, mask: np.ndarray | None, budget: int) -> np.ndarray
     return pixels.reshape(-1, 3)
 
 
-def lab_stats(images: np.ndarray | Iterable[np.ndarray], masks: Iterable[np.ndarray] | None = None) -> LabStats | None:
+def lab_stats(
+    images: np.ndarray | Iterable[np.ndarray],
+    masks: Iterable[np.ndarray] | None = None,
+    *,
+    count: int | None = None,
+) -> LabStats | None:
     """Pooled LAB statistics of the tissue pixels of one (H, W, 3) uint8 image or several.
 
     Tissue is every pixel darker than :data:`GLASS_L` (and inside ``masks``, one bool mask per image, when
-    given). Returns ``None`` when fewer than :data:`MIN_TISSUE_PIXELS` tissue pixels are found.
+    given). Returns ``None`` when fewer than :data:`MIN_TISSUE_PIXELS` tissue pixels are found. With ``count``
+    (the number of images), ``images`` may be a stream read one at a time: only a strided sample of each is kept.
     """
     if isinstance(images, np.ndarray):
         images = [images]
         masks = None if masks is None else [masks]
-    images = list(images)
-    masks = [None] * len(images) if masks is None else list(masks)
-    if len(masks) != len(images):
-        raise ValueError(f"{len(images)} images but {len(masks)} masks")
-    budget = max(1, _MAX_STATS_PIXELS // max(1, len(images)))
+    if count is None or masks is not None:
+        images = list(images)
+        count = len(images)
+    masks = [None] * count if masks is None else list(masks)
+    if len(masks) != count:
+        raise ValueError(f"{count} images but {len(masks)} masks")
+    budget = max(1, _MAX_STATS_PIXELS // max(1, count))
     labs = []
-    for rgb, mask in zip(images, masks, strict=True):
+    for rgb, mask in zip(images, masks, strict=False):
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] < 3:
             raise ValueError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")

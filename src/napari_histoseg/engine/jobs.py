@@ -1,7 +1,8 @@
-"""Segmentation jobs: a slide into a zarr store, or an in-memory image into an array.
+"""The engine's segmentation runs: a slide into a zarr store, or an in-memory image into an array.
 
-These are what the CLI and the napari widget call. Each is a generator of progress events ending in the result
-(see :mod:`.infer`); :func:`~.infer.run` drives one synchronously.
+Each is a generator of progress events ending in the result (see :mod:`.infer`); :func:`~.infer.run` drives one
+synchronously. The front ends do not call these directly: :mod:`napari_histoseg.jobs` adds what a whole job
+needs (local or distributed, regions, the store policy, folders of images and their pooled stain statistics).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,48 @@ def segment_image(
     return segment(image[..., :3], predictor, sink, settings, plan, normalize=normalize)
 
 
+#: The image files a folder run reads (``histoseg predict FOLDER``, ``histoseg evaluate``).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def folder_images(folder: str | os.PathLike) -> list[Path]:
+    """The images of a folder, without hidden files and the masks histoseg itself wrote there."""
+    from ..io.outputs import read_manifest
+
+    folder = Path(folder)
+    own = read_manifest(folder)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.name not in own
+    )
+
+
+def folder_stain_stats(
+    paths: Sequence[Path], read: Callable[[Path], np.ndarray], card: ModelCard, settings: InferenceSettings
+) -> LabStats | None:
+    """The stain statistics every image of a folder run is normalised from: pooled over all its images.
+
+    Patches in one folder come from one slide or lab and share its staining; the statistics of a single patch
+    depend too much on what it shows. ``None`` when the run does not normalise, or the folder holds too little
+    tissue (each image then uses its own, :func:`segment_image`). Unreadable images are left out here (the run
+    reports them when it reaches them). Images are read one at a time; a strided sample of each is kept.
+    """
+    from ..analysis.stain_stats import lab_stats
+
+    if not normalizes_stain(card, settings) or not paths:
+        return None
+
+    def readable():
+        for path in paths:
+            try:
+                yield read(path)
+            except (ValueError, OSError, MemoryError):
+                continue
+
+    return lab_stats(readable(), count=len(paths))
+
+
 @dataclass
 class SlideJob:
     """Everything a slide run needs, decided before any block runs (shared by local and distributed runs)."""
@@ -218,7 +261,7 @@ def prepare_slide_job(
             "stain": None if normalize is None else normalize.to_dict(),
         },
     )
-    blocks = None if region is None else _blocks_in_region(region, downsample, shape, settings.block)
+    blocks = None if region is None else blocks_in_region(region, downsample, shape, settings.block)
     return SlideJob(plan, shape, downsample, store, tissue, blocks, normalize)
 
 
@@ -268,7 +311,7 @@ def segment_slide(
     return result
 
 
-def _blocks_in_region(
+def blocks_in_region(
     region: tuple[int, int, int, int], downsample: float, shape: tuple[int, int], block: int
 ) -> list[tuple[int, int]]:
     y0, x0, y1, x1 = (v / downsample for v in region)

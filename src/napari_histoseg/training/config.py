@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..analysis.opening import DEFAULT_OPENING_RADIUS
 from .border_weights import DEFAULT_BORDER_SIGMA
 from .corrections import DEFAULT_KEEP_TYPES, DEFAULT_KEEP_WEIGHT
-from .evaluate import DEFAULT_OPENING_RADIUS
 
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "plateau", "none")

@@ -1,9 +1,10 @@
-"""Evaluate a model on folder pairs with the metrics of :mod:`napari_histoseg.analysis.metrics`.
+"""Validation during training: a model in memory scored on decoded folder pairs (``analysis.metrics``).
 
-The same code validates during training and runs ``histoseg evaluate``. Images are segmented whole (batched by
-size, ``inference_mode``, bf16 autocast on CUDA); an image larger than ``whole_max`` px on a side is segmented
+Fast rather than identical to inference: images are segmented whole (batched by size, ``inference_mode``, bf16
+autocast on CUDA), with a weighted loss when asked; an image larger than ``whole_max`` px on a side is segmented
 in overlapping 256 px windows blended as the inference engine does. The predicted labels are cleaned with the
-same morphological opening as inference before anything is measured.
+same morphological opening as inference before anything is measured. ``histoseg evaluate`` does not use this
+path: it scores exactly what ``histoseg predict`` writes (``napari_histoseg.jobs.evaluate``).
 """
 
 from __future__ import annotations
@@ -13,28 +14,25 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..analysis.metrics import SCALAR_METRICS, SegmentationMetrics
-from ..analysis.opening import open_labels
+from ..analysis.opening import DEFAULT_OPENING_RADIUS, open_labels
 from ..classes import CLASS_NAMES
-from ..engine.device import autocast_for, prepare_model, select_device
+from ..engine.device import autocast_for
 from ..engine.predictor import BlockPredictor, logit_bias_tensor
-from ..engine.stain_transform import ReinhardNormalizer, normalizer_for
+from ..engine.stain_transform import ReinhardNormalizer
 from ..fileio import json_safe
-from .data import Sample, find_pairs, load_pairs, pooled_stain_stats
+from .data import Sample
 from .dataset import EvalDataset
 
 log = logging.getLogger(__name__)
 
-#: Opening radius applied to predictions before scoring (the inference engine's default).
-DEFAULT_OPENING_RADIUS = 2
 #: Images up to this size (px, each side) run through the network in one piece; larger ones in windows.
 DEFAULT_WHOLE_MAX = 1024
 _WINDOW = 256
@@ -126,6 +124,28 @@ def _memory_format(model: torch.nn.Module) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _to_device(images: torch.Tensor, device: torch.device, normalize, memory_format) -> torch.Tensor:
+    """A batch on ``device`` (pinned on CUDA), stain-normalised when asked, in the model's memory layout."""
+    if device.type == "cuda":
+        images = images.pin_memory()
+    images = images.to(device, non_blocking=True)
+    if normalize is not None:
+        images = normalize(images)
+    return images.contiguous(memory_format=memory_format)
+
+
+def _weighted_loss(scores: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, raw: bool) -> tuple[float, float]:
+    """``(summed loss, summed weight)`` of one image: the weighted cross-entropy of its raw logits (``raw``), or
+    the negative log-likelihood of blended probabilities (an image segmented in windows)."""
+    h, w = y.shape
+    scores = scores[:, :, :h, :w]
+    if raw:
+        loss = F.cross_entropy(scores, y[None], weight=weights, reduction="sum")
+    else:
+        loss = F.nll_loss(scores.clamp_min(1e-8).log(), y[None], weight=weights, reduction="sum")
+    return float(loss), float(weights[y].sum())
+
+
 def evaluate_model(
     model: torch.nn.Module,
     samples: Sequence[Sample],
@@ -166,13 +186,7 @@ def evaluate_model(
     model.eval()
     for batch in _batches(dataset, batch_size, whole_max):
         items = [dataset[i] for i in batch]
-        images = torch.stack([item[0] for item in items])
-        if device.type == "cuda":
-            images = images.pin_memory()
-        images = images.to(device, non_blocking=True)
-        if normalize is not None:
-            images = normalize(images)
-        images = images.contiguous(memory_format=memory_format)
+        images = _to_device(torch.stack([item[0] for item in items]), device, normalize, memory_format)
         with torch.inference_mode():
             if max(items[0][3]) > whole_max:
                 h, w = items[0][3]
@@ -180,25 +194,17 @@ def evaluate_model(
                 logits = None
             else:
                 with autocast_for(device) if amp else contextlib.nullcontext():
-                    logits = model(images)
-                logits = logits.float()
+                    logits = model(images).float()
                 probs = None
             decided = probs if logits is None else (logits if bias is None else logits + bias)
             pred = decided.argmax(dim=1).to(torch.uint8).cpu().numpy()
             for k, (_, labels, inst, (h, w), _name) in enumerate(items):
                 if weights is not None:
-                    y = labels[:h, :w].to(device)
-                    if logits is not None:
-                        out = logits[k : k + 1, :, :h, :w]
-                        loss_sum += float(F.cross_entropy(out, y[None], weight=weights, reduction="sum"))
-                    else:
-                        logp = probs[0].clamp_min(1e-8).log()[None]
-                        loss_sum += float(F.nll_loss(logp, y[None], weight=weights, reduction="sum"))
-                    weight_sum += float(weights[y].sum())
-                labels_np = open_labels(pred[k, :h, :w], opening_radius)
-                gt = labels[:h, :w].numpy()
+                    scores = probs if logits is None else logits[k : k + 1]
+                    loss, weight = _weighted_loss(scores, labels[:h, :w].to(device), weights, logits is not None)
+                    loss_sum, weight_sum = loss_sum + loss, weight_sum + weight
                 gt_inst = inst[:h, :w].numpy() if inst.numel() else None
-                metrics.update(labels_np, gt, gt_inst)
+                metrics.update(open_labels(pred[k, :h, :w], opening_radius), labels[:h, :w].numpy(), gt_inst)
         done += len(batch)
         elapsed = time.perf_counter() - t0
         yield EvalProgress(done, len(dataset), done / elapsed if elapsed > 0 else 0.0)
@@ -218,75 +224,4 @@ def evaluate_model(
         },
     )
     yield result
-    return result
-
-
-def evaluate(
-    data_dir: str | Path,
-    checkpoint: str | Path,
-    *,
-    device: str = "auto",
-    batch_size: int = 8,
-    opening_radius: int = DEFAULT_OPENING_RADIUS,
-    amp: bool = True,
-    tolerance: int = 60,
-    stain_normalize: bool = True,
-    test_time_flips: bool = False,
-) -> Generator[EvalProgress | EvalResult, None, EvalResult]:
-    """Evaluate checkpoint ``checkpoint`` on the folder pairs under ``data_dir`` (``histoseg evaluate``).
-
-    With ``stain_normalize`` and a card that records its training colours, the images are stain-normalised as
-    inference does, with the colour statistics pooled over the whole folder (``data.pooled_stain_stats``).
-    With ``test_time_flips`` the logits are averaged over four flips of each image (``engine.flips``).
-
-    Raises :class:`~napari_histoseg.training.data.DatasetError` for unusable data and
-    :class:`~napari_histoseg.model.checkpoint.CheckpointError` for an unusable checkpoint, before any work.
-    """
-    from ..model.checkpoint import load_checkpoint
-
-    torch_device = select_device(device)
-    model, card = load_checkpoint(checkpoint, device="cpu")
-    samples, _ = load_pairs(find_pairs(data_dir), tolerance=tolerance)
-    model = prepare_model(model, torch_device, channels_last=True, test_time_flips=test_time_flips)
-    normalize = None
-    if stain_normalize and card.stain_stats is not None:
-        normalize = normalizer_for(pooled_stain_stats(samples), card.stain_stats)
-    result = None
-    for event in evaluate_model(
-        model,
-        samples,
-        device=torch_device,
-        batch_size=batch_size,
-        opening_radius=opening_radius,
-        amp=amp,
-        logit_bias=card.logit_bias,
-        normalize=normalize,
-    ):
-        if isinstance(event, EvalResult):
-            result = event
-        else:
-            yield event
-    assert result is not None
-    result.checkpoint = str(checkpoint)
-    result.data_dir = str(data_dir)
-    result.model_mpp = card.mpp
-    result.settings["test_time_flips"] = test_time_flips
-    yield result
-    return result
-
-
-def run_evaluation(
-    data_dir: str | Path,
-    checkpoint: str | Path,
-    *,
-    on_event: Callable[[EvalProgress | EvalResult], None] | None = None,
-    **kwargs,
-) -> EvalResult:
-    """Run :func:`evaluate` synchronously; ``on_event`` sees every event. Returns the :class:`EvalResult`."""
-    result = None
-    for event in evaluate(data_dir, checkpoint, **kwargs):
-        if on_event is not None:
-            on_event(event)
-        result = event
-    assert isinstance(result, EvalResult)
     return result
