@@ -22,8 +22,8 @@ from pathlib import Path
 
 from napari_histoseg.analysis.instances import DEFAULT_EDGE_MIN_AREA, DEFAULT_MIN_AREA, RULES_MPP
 from napari_histoseg.engine.device import cpu_has_fast_bf16
-from napari_histoseg.model.checkpoint import load_checkpoint, read_card, save_checkpoint
 from napari_histoseg.jobs.evaluate import run_evaluation
+from napari_histoseg.model.checkpoint import load_checkpoint, read_card, save_checkpoint
 from napari_histoseg.training.evaluate import format_metrics
 from napari_histoseg.training.pair_folders import find_pairs
 from napari_histoseg.training.samples import load_pairs, pooled_stain_stats

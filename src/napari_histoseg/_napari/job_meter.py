@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from napari_histoseg.jobs.progress import format_duration
+
 RATE_WINDOW_S = 30.0  # the rate (and so the ETA) follows the last half minute, not the whole run
 
 
@@ -45,16 +47,6 @@ class MeterReading:
         if not self.total:
             return self.phase
         return f"{self.phase} {100 * min(self.done, self.total) // self.total}%"
-
-
-def format_duration(seconds: float) -> str:
-    """A rough human duration: "40 s", "2 min 10 s", "1 h 05 min"."""
-    s = int(max(0, round(seconds)))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s // 60 % 60:02d} min"
 
 
 class JobMeter:

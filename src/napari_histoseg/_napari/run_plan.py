@@ -4,19 +4,10 @@ and the area it covers (said before a "current view" run). No Qt."""
 from __future__ import annotations
 
 import contextlib
-import math
 
-from napari_histoseg.engine.jobs import tissue_test
+from napari_histoseg.engine.jobs import SegmentationError, blocks_in_region, tissue_test
 from napari_histoseg.engine.resolution import plan_resolution
 from napari_histoseg.engine.tile_count import count_tiles
-
-
-def _region_blocks(box, downsample: float, shape: tuple[int, int], block: int) -> list[tuple[int, int]]:
-    y0, x0, y1, x1 = (v / downsample for v in box)
-    by0, bx0 = max(0, int(y0 // block)), max(0, int(x0 // block))
-    by1 = min(math.ceil(shape[0] / block), math.ceil(y1 / block))
-    bx1 = min(math.ceil(shape[1] / block), math.ceil(x1 / block))
-    return [(by, bx) for by in range(by0, by1) for bx in range(bx0, bx1)]
 
 
 def slide_tiles(slide, card, request) -> int:
@@ -35,10 +26,10 @@ def slide_tiles(slide, card, request) -> int:
     tissue = None
     if settings.skip_background:
         thumbnail, thumb_downsample = slide_thumbnail(slide)
-        tissue = tissue_test(mask_from_rgb(thumbnail), thumb_downsample, downsample)
+        tissue = tissue_test(mask_from_rgb(thumbnail, thumb_downsample), thumb_downsample, downsample)
     blocks = None
     if request.regions:
-        blocks = sorted({b for box in request.regions for b in _region_blocks(box, downsample, shape, settings.block)})
+        blocks = sorted({b for box in request.regions for b in _blocks(box, downsample, shape, settings.block)})
     counts = count_tiles(shape, settings, plan.factor, tissue=tissue, blocks=blocks)
     if request.out is not None:
         from napari_histoseg.io.store import LabelStore, StoreError
@@ -47,6 +38,13 @@ def slide_tiles(slide, card, request) -> int:
             for index in LabelStore.open(request.out).done_blocks():
                 counts.pop(tuple(index), None)
     return sum(counts.values())
+
+
+def _blocks(box, downsample: float, shape: tuple[int, int], block: int) -> list[tuple[int, int]]:
+    try:
+        return blocks_in_region(box, downsample, shape, block)
+    except SegmentationError:  # outside the image: nothing to count (the run itself says so)
+        return []
 
 
 def image_tiles(boxes, card, request) -> int:

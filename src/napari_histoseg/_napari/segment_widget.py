@@ -7,86 +7,41 @@ cellularity.
 
 from __future__ import annotations
 
-import time
-from functools import lru_cache
 from pathlib import Path
 
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FloatSpinBox,
-    Label,
-    LineEdit,
-    PushButton,
-    RadioButtons,
-    SpinBox,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, RadioButtons
 from napari.layers import Image, Shapes
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 
 from napari_histoseg.export_pairs import safe_name
 
 from . import layers as L
-from .edits import on_edits_settled, was_edited
-from .form import PathField, Section, tip
-from .job_meter import JobMeter, MeterReading
+from .edits import was_edited
+from .form import Section
+from .job_meter import JobMeter
 from .model_registry import registry_for
 from .progress_panel import ProgressPanel
-from .readout import ResultReadout, cellularity_headline
+from .readout import ResultReadout
 from .resolution_field import MPP_KEY, ResolutionField, layer_mpp
-from .run_plan import area_text
-from .segment_job import SegmentOutcome, SegmentRequest, measure_job, outcome_from_store, segment_job
+from .segment_estimate import EstimateMixin
+from .segment_form import EXTENTS, TIPS, AdvancedControls, add_tips, default_output_dir
+from .segment_job import SegmentOutcome, SegmentRequest, outcome_from_store, segment_job
+from .segment_results import ResultsMixin, format_counts, pixel_headline
+from .segment_view import ViewMixin
 from .settings import load_settings, restore, save_settings, snapshot
-from .workers import Cancelled, JobRunner, device_choices
+from .workers import JobRunner
 
 SECTION = "segment"
-EXTENTS = ("whole image", "current view", "shapes")
-REFRESH_S = 0.5
+__all__ = ["EXTENTS", "SegmentWidget", "default_output_dir", "format_counts", "pixel_headline"]
 
 
-def default_output_dir() -> Path:
-    """Where slide results go unless the user picks a folder."""
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("napari-histoseg", appauthor=False)) / "predictions"
-
-
-TIPS = {
-    "image": "the H&E image layer to segment (a slide opened with napari-histoseg, or an RGB image)",
-    "resolution": "microns per pixel of the image at full resolution; the model resamples the image to the "
-    "resolution it was trained at (the bundled model: 0.25 um/px, 40x). A 20x scan is about 0.5, a 40x scan 0.25",
-    "model": "the network that segments: the bundled model, a checkpoint you added, or one you trained",
-    "extent": "what to segment: the whole image, what the canvas shows now, or the regions drawn in a Shapes layer",
-    "shapes": "the Shapes layer whose shapes (rectangles, polygons, ellipses) mark regions: segmented with "
-    "'segment: shapes', and each measured on its own (cellularity per region)",
-    "outline": "draw the cells as outlines instead of filled colour, to see the tissue under them",
-    "add_model": "a checkpoint file (.safetensors, with its .json model card next to it) to add to the model list",
-    "device": "where the network runs: auto picks a GPU (CUDA or Apple MPS) when there is one, else the CPU",
-    "stain_normalize": "map the slide's H&E colours onto the model's training data (Reinhard); turn it off for "
-    "slides from the lab the model was trained on",
-    "test_time_flips": "average the model's output over the four flips of each tile: slightly more accurate, 4x slower",
-    "measure": "after segmenting, count the cells and compute the tumor cellularity (per Shapes region too)",
-    "cellularity_map": "add an image layer colouring each 256 px square by its tumor cellularity",
-    "new_layer": "put the result in a new layer instead of replacing the previous result of this image",
-    "output_dir": "slides only: the folder where the result store (<name>.labels.zarr) is written; a rerun resumes",
-    "skip_background": "slides only: do not segment glass; the tissue is found on a low-resolution level",
-    "batch_size": "tiles per network call; larger is faster on a GPU until its memory runs out",
-    "tile": "size of the square the network sees, in pixels at the model's resolution",
-    "overlap": "fraction by which neighbouring tiles overlap (blended, so no seams show)",
-    "opening": "radius (px at the model's resolution) of the morphological opening that removes specks",
-    "block": "slides: size of the blocks read, written and resumed as one unit",
-    "run_button": "segment the chosen image (or the part chosen under 'segment') in the background",
-    "cancel_button": "stop within a few seconds; finished tiles and blocks are kept and shown",
-    "scheduler": "slides only: a dask scheduler address (tcp://host:8786) or local:N to spread the blocks over "
-    "workers; empty: this process",
-}
-
-
-class SegmentWidget(Container):
+class SegmentWidget(ViewMixin, EstimateMixin, ResultsMixin, Container):
     """Choose an image, a model and what to segment; segment in the background; get a coloured Labels layer.
 
-    The form shows the few choices every run needs; the rest is in a collapsed "Advanced" section.
+    The form shows the few choices every run needs; the rest is in a collapsed "Advanced" section
+    (:class:`~.segment_form.AdvancedControls`). Its parts: results and cell counting (:class:`~.segment_results.
+    ResultsMixin`), the current view's extent (:class:`~.segment_view.ViewMixin`), the resolution estimate
+    (:class:`~.segment_estimate.EstimateMixin`).
     """
 
     def __init__(self, napari_viewer):
@@ -102,7 +57,11 @@ class SegmentWidget(Container):
         self._target = None
         self._last_refresh = 0.0
         self._warned_unknown: set[int] = set()
+        self._build_form()
+        self._connect()
+        self._image_changed()
 
+    def _build_form(self) -> None:
         self.image = ComboBox(label="image", choices=self._layers(Image))
         self.resolution = ResolutionField()
         self.model = ComboBox(label="model", choices=self._models)
@@ -115,56 +74,25 @@ class SegmentWidget(Container):
         self.progress = ProgressPanel()
         self.result = ResultReadout()
         self.outline = CheckBox(text="show cell outlines", value=False)
-
-        self.add_model = PathField(label="add checkpoint", mode="r", filter="*.safetensors")
-        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
-        self.stain_normalize = CheckBox(text="stain normalisation", value=True)
-        self.test_time_flips = CheckBox(text="test-time flips (4x slower)", value=False)
-        self.measure = CheckBox(text="count cells (tumor cellularity)", value=True)
-        self.cellularity_map = CheckBox(text="cellularity map layer", value=False)
-        self.new_layer = CheckBox(text="new layer (keep the previous result)", value=False)
-        self.output_dir = PathField(label="output folder", mode="d", value=default_output_dir())
-        self.skip_background = CheckBox(text="skip background", value=True)
-        self.batch_size = SpinBox(label="batch size", min=1, max=512, value=8)
-        self.tile = SpinBox(label="tile (px)", min=64, max=2048, step=32, value=256)
-        self.overlap = FloatSpinBox(label="overlap", min=0.0, max=0.75, step=0.05, value=0.25)
-        self.opening = SpinBox(label="opening radius", min=0, max=20, value=2)
-        self.block = SpinBox(label="block (px)", min=256, max=8192, step=256, value=1024)
-        self.scheduler = LineEdit(label="dask scheduler", value="")
-        for key, text in TIPS.items():
-            tip(getattr(self, key), text)
-
+        self.controls = AdvancedControls()
+        for name, widget in vars(self.controls).items():  # the settings are the widget's attributes too (self.tile)
+            setattr(self, name, widget)
+        add_tips(self, TIPS)
         self.advanced = Section(
             "Advanced",
-            [
-                self.add_model, self.device, self.stain_normalize, self.test_time_flips, self.measure,
-                self.cellularity_map, self.new_layer, self.output_dir, self.skip_background, self.batch_size,
-                self.tile, self.overlap, self.opening, self.block, self.scheduler,
-            ],
+            self.controls.widgets,
             tooltip="model file, device, stain normalisation, output folder, tiling and other expert settings",
-        )  # fmt: skip
+        )
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
         self.form = Container(widgets=[self.image, self.resolution, self.model, self.extent, self.shapes], labels=True)
         self.form.margins = (0, 0, 0, 0)
         self.extend([self.form, self.view_note, buttons, self.progress, self.result, self.outline, self.advanced])
-        self._persisted = {
-            "device": self.device,
-            "batch_size": self.batch_size,
-            "tile": self.tile,
-            "overlap": self.overlap,
-            "opening": self.opening,
-            "block": self.block,
-            "skip_background": self.skip_background,
-            "stain_normalize": self.stain_normalize,
-            "test_time_flips": self.test_time_flips,
-            "output_dir": self.output_dir,
-            "scheduler": self.scheduler,
-            "measure": self.measure,
-            "cellularity_map": self.cellularity_map,
-        }  # fmt: skip  -- "segment: current view" is not kept: a new session starts with the whole image
+        # "segment: current view" is not kept: a new session starts with the whole image.
+        self._persisted = self.controls.persisted()
         restore(self._persisted, load_settings(SECTION))
 
+    def _connect(self) -> None:
         self.add_model.path_changed.connect(self._add_checkpoint)
         self.registry.changed.connect(self._model_added)
         self.run_button.changed.connect(self.start)
@@ -178,15 +106,14 @@ class SegmentWidget(Container):
         self.viewer.scene.camera.events.connect(self._view_changed)
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).connect(self._layers_changed)
-        self._image_changed()
 
     # --- form state ---------------------------------------------------------------------------------------
     def _update_visibility(self, _=None) -> None:
         """Show only the controls that apply to the chosen image and extent."""
         image = self.image.value
         slide = image is not None and image.multiscale
-        for widget in (self.output_dir, self.skip_background, self.block, self.scheduler):
-            widget.visible = slide
+        for name in AdvancedControls.SLIDE_ONLY:
+            getattr(self, name).visible = slide
         # Regions are segmented ("shapes") or measured (per-region cellularity) only when a Shapes layer exists.
         self.shapes.visible = self.extent.value == "shapes" or bool(self.shapes.choices)
         self.cellularity_map.visible = self.measure.value
@@ -230,43 +157,6 @@ class SegmentWidget(Container):
         if layer is not None and layer in self.viewer.layers:
             layer.contour = L.OUTLINE_PX if self.outline.value else 0
 
-    def _view_changed(self, _event=None) -> None:
-        if self.extent.value != "current view" or self.image.value is None:
-            return
-        try:
-            text = f"will segment {self.view_area_text()}"
-        except (ValueError, RuntimeError) as exc:
-            text = str(exc)
-        if self.image.value.multiscale:  # a slide store is written in whole blocks
-            text += f": the {self.block.value} px blocks the view touches"
-        self.view_note.value = text
-
-    def view_area_text(self) -> str:
-        """The size of the area "current view" segments now (for a slide: the blocks the view touches)."""
-        image = self.image.value
-        y0, x0, y1, x1 = self._view_box(image)
-        mpp = self.resolution.value
-        h, w = y1 - y0, x1 - x0
-        return area_text(h * mpp if mpp else None, w * mpp if mpp else None, h, w)
-
-    def _view_box(self, image: Image) -> L.Box:
-        box = L.visible_box(self.viewer, image)
-        if image.multiscale:
-            return L.round_to_blocks(box, L.image_shape(image), self.block.value, self._slide_downsample(image))
-        return box
-
-    def _slide_downsample(self, image: Image) -> float:
-        """Level-0 pixels per output pixel of a slide run (the level the engine will pick)."""
-        from napari_histoseg.engine.resolution import plan_resolution
-
-        levels = image.metadata.get("level_mpp") or [None]
-        mpp = self.resolution.value
-        model = self.model.value
-        model_mpp = _card_mpp(model.path) if model is not None else None
-        plan = plan_resolution(levels, model_mpp, input_mpp=mpp)
-        shapes = [lv.shape for lv in image.data]
-        return shapes[0][0] / shapes[plan.level][0]
-
     # --- choices --------------------------------------------------------------------------------------
     def _layers(self, kind):
         return lambda _widget=None: [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, kind)]
@@ -290,8 +180,6 @@ class SegmentWidget(Container):
     # --- run ----------------------------------------------------------------------------------------------
     def request(self) -> SegmentRequest:
         """The job the form describes (raises ``ValueError`` naming what is missing or wrong)."""
-        from napari_histoseg.engine.infer import InferenceSettings
-
         image: Image | None = self.image.value
         if image is None:
             raise ValueError("choose an image layer to segment")
@@ -305,17 +193,7 @@ class SegmentWidget(Container):
                 f"image {image.name!r} states no resolution: enter its microns per pixel (e.g. 0.5 for a 20x scan, "
                 "0.25 for 40x) or press Estimate"
             )
-        settings = InferenceSettings(
-            tile=self.tile.value,
-            overlap=self.overlap.value,
-            block=self.block.value,
-            opening_radius=self.opening.value,
-            skip_background=self.skip_background.value,
-            stain_normalize=self.stain_normalize.value,
-            test_time_flips=self.test_time_flips.value,
-            batch_size=self.batch_size.value,
-            device=self.device.value,
-        )
+        settings = self.controls.settings()
         regions = self._regions(image)
         request = SegmentRequest(image.name, self.model.value.path, settings, regions=regions, mpp=mpp)
         if image.multiscale:
@@ -325,6 +203,7 @@ class SegmentWidget(Container):
             request.slide_path = Path(path)
             request.out = self._store_path(image)
             request.scheduler = self.scheduler.value.strip() or None
+            request.overwrite = self.replace.value
         else:
             request.image = image.data
         return request
@@ -372,11 +251,19 @@ class SegmentWidget(Container):
             on_reading=self.progress.show_reading,
             on_event=lambda event: self._progress(request, event),
             on_done=lambda outcome: self._done(request, outcome, kept),
-            on_error=lambda exc: show_error(f"Segmentation of {request.name} failed: {exc}"),
+            on_error=lambda exc: self._failed(request, exc),
             on_finished=self._finished,
             partial=lambda: outcome_from_store(request.out) if request.out else SegmentOutcome(crops=list(kept)),
             label=request.name,
         )
+
+    def _failed(self, request: SegmentRequest, exc: Exception) -> None:
+        from napari_histoseg.jobs.segment import OtherSettingsError
+
+        hint = ""
+        if isinstance(exc, OtherSettingsError):
+            hint = " To replace it, tick Advanced > 'replace a result made with other settings'."
+        show_error(f"Segmentation of {request.name} failed: {exc}.{hint}")
 
     def cancel(self) -> None:
         """Stop the running job; what was finished is kept and shown."""
@@ -387,189 +274,3 @@ class SegmentWidget(Container):
         self.run_button.enabled, self.cancel_button.enabled = True, False
         if not self.measurer.running:
             self.progress.finish()
-
-    # --- results ----------------------------------------------------------------------------------------
-    def _progress(self, request: SegmentRequest, event) -> None:
-        if request.out is None or not hasattr(event, "blocks_done"):
-            return
-        now = time.monotonic()
-        if self.last_layer is None or self.last_layer.metadata.get("store") != str(request.out):
-            self._show_store(request, {})
-        elif now - self._last_refresh > REFRESH_S:
-            self.last_layer.refresh()
-        self._last_refresh = now
-
-    def _show_store(self, request: SegmentRequest, metadata: dict):
-        from napari_histoseg.io.store import LabelStore
-
-        store = LabelStore.open(request.out)
-        data, geometry = L.store_layer_data(store, self._target)
-        metadata = {"store": str(request.out), **metadata}
-        self.last_layer = L.show_labels(
-            self.viewer,
-            self._target,
-            data,
-            metadata=metadata,
-            replace=not self.new_layer.value,
-            outline=self.outline.value,
-            **geometry,
-        )
-        return self.last_layer
-
-    def _done(self, request: SegmentRequest, outcome, kept: list) -> None:
-        cancelled = isinstance(outcome, Cancelled)
-        if cancelled:
-            outcome = outcome.partial
-            if outcome is None or (request.out is None and not outcome.crops):
-                self.result.set_text("Cancelled: nothing finished")
-                show_info(f"Segmentation of {request.name} cancelled before anything finished")
-                return
-        self.last_outcome = outcome
-        if request.out is not None:
-            counts = outcome.counts
-            meta = {"class_counts": L.counts_dict(counts), "summary": outcome.summary}
-            self._show_store(request, meta)
-        else:
-            layer = L.find_result_layer(self.viewer, self._target) if not self.new_layer.value else None
-            data = layer.data if layer is not None and not layer.multiscale else None
-            shape = L.image_shape(self._target)
-            for box, labels in outcome.crops:
-                data = L.paste_region(data, shape, box, labels)
-            counts = L.array_counts(data)
-            meta = {"class_counts": L.counts_dict(counts), "summary": outcome.summary}
-            self.last_layer = L.show_labels(
-                self.viewer,
-                self._target,
-                data,
-                metadata=meta,
-                replace=not self.new_layer.value,
-                multiscale=False,
-                outline=self.outline.value,
-            )
-        self._pixels = format_counts(counts)
-        on_edits_settled(self.last_layer, self._edited)  # the readout follows the user's corrections
-        if cancelled:
-            self.result.set_text("Cancelled: finished blocks kept", self._pixels)
-            show_info(f"Segmentation of {request.name} cancelled; finished blocks are kept")
-        elif self.measure.value:
-            self.result.set_text("Counting cells...", self._pixels)
-            self.measure_cells(self.last_layer)
-        else:
-            self.result.set_text(pixel_headline(counts), self._pixels)
-
-    def _edited(self, labels) -> None:
-        """The user edited a result: recount it, so the readout says what the layer now holds."""
-        if labels not in self.viewer.layers:
-            return
-        if not labels.multiscale:
-            counts = L.array_counts(labels.data)
-            self._pixels = format_counts(counts)
-            if not self.measure.value:
-                self.result.set_text(pixel_headline(counts), self._pixels)
-        if self.measure.value:
-            self.measure_cells(labels)
-
-    def measure_cells(self, labels) -> None:
-        """Count cells and tumor cellularity of a result (and of each region of the Shapes layer) in a worker."""
-        from .cellularity import labels_mpp, shapes_to_regions
-
-        if self.measurer.running:  # measure the newest result once the older measurement has stopped
-            self._pending_measure = labels
-            self.measurer.cancel()
-            return
-        shapes = self.shapes.value
-        regions = shapes_to_regions(shapes, labels) if shapes is not None and len(shapes.data) else []
-        source = list(labels.data) if labels.multiscale else labels.data
-        self.measurer.start(
-            lambda cancel: measure_job(source, regions, labels_mpp(labels), cancel),
-            on_done=lambda outcome: self._measured(labels, outcome),
-            on_error=lambda exc: show_error(f"Counting the cells of {labels.name} failed: {exc}"),
-            on_finished=self._measure_pending,
-            label=labels.name,
-            describe=lambda e: (e.blocks_done, e.blocks_total, f"{e.cells:,} cells"),
-            on_text=self._counting,
-        )
-
-    def _counting(self, done: int, total: int, _text: str) -> None:
-        if not self.measurer.running:  # a late event (the bar's update can process the "finished" signal first)
-            return
-        self.progress.show_reading(MeterReading("counting cells", done, total, "block", None, None))
-
-    def _measure_pending(self) -> None:
-        labels, self._pending_measure = self._pending_measure, None
-        if labels is not None:
-            self.measure_cells(labels)
-        elif not self.runner.running:
-            self.progress.finish()
-
-    def _measured(self, labels, outcome) -> None:
-        if outcome is None or isinstance(outcome, Cancelled):
-            return
-        readout = outcome.readout
-        labels.metadata["cellularity"] = {"whole": readout["whole"], "regions": readout["regions"]}
-        details = f"{readout['text']}\nPixels: {getattr(self, '_pixels', '')}".strip()
-        self.result.set_text(cellularity_headline(readout["whole"]), details)
-        if self.cellularity_map.value:
-            from .cellularity import cellularity_image
-
-            name = f"{labels.name} tumor cellularity"
-            for layer in [layer for layer in self.viewer.layers if layer.name.startswith(name)]:
-                self.viewer.layers.remove(layer)
-            self.viewer.add_layer(cellularity_image(outcome.grid, labels, name=name))
-
-    # --- resolution estimate ----------------------------------------------------------------------------
-    def estimate_resolution(self, _=None) -> None:
-        """Estimate the chosen image's microns per pixel from its nuclei (bundled model) in a worker."""
-        from .segment_job import estimate_job
-
-        image = self.image.value
-        if image is None or self.estimator.running:
-            return
-        if not image.rgb:
-            show_error(f"Cannot estimate the resolution: layer {image.name!r} is not an RGB image")
-            return
-        meter = JobMeter()
-        self.resolution.estimate.enabled = False
-        self.resolution.note.value = "estimating from the nuclei of a few tissue tiles..."
-        pixels = list(image.data) if image.multiscale else image.data  # pyramid levels, level 0 first
-        self.estimator.start(
-            lambda cancel: estimate_job(pixels, cancel, meter),
-            meter=meter,
-            on_reading=lambda r: setattr(self.resolution.note, "value", r.text),
-            on_done=lambda estimate: self._estimated(image, estimate),
-            on_error=lambda exc: show_error(f"Estimating the resolution of {image.name} failed: {exc}"),
-            on_finished=lambda: setattr(self.resolution.estimate, "enabled", True),
-            label=image.name,
-        )
-
-    def _estimated(self, image: Image, estimate) -> None:
-        if estimate is None or isinstance(estimate, Cancelled):
-            self._image_changed()
-            return
-        note = f"estimated: {estimate.text}"
-        image.metadata[MPP_KEY] = {"mpp": estimate.mpp, "source": "estimated", "note": note}
-        if self.image.value is image:
-            self._image_changed()
-        show_info(f"{image.name}: {note}")
-
-
-@lru_cache(maxsize=16)
-def _card_mpp(path: Path) -> float | None:
-    """The resolution a checkpoint's model card states (cached: asked on every camera move)."""
-    from napari_histoseg.model.checkpoint import read_card
-
-    try:
-        return read_card(path).mpp
-    except (OSError, ValueError):  # only used for a size estimate
-        return None
-
-
-def format_counts(counts: list[int]) -> str:
-    """Pixels per class of a result."""
-    return ", ".join(f"{name} {n:,}" for name, n in L.counts_dict(counts).items())
-
-
-def pixel_headline(counts: list[int]) -> str:
-    """The headline without cell counting: the tumor share of the cell pixels."""
-    cells = counts[1] + counts[2]
-    return f"Tumor {counts[1] / cells:.1%} of cell pixels" if cells else "No cells found"

@@ -7,7 +7,6 @@ section saves an image layer + a painted/corrected Labels layer as a training pa
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -22,19 +21,17 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QPointF
-from qtpy.QtGui import QColor, QPainter, QPen
-from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from napari_histoseg.export_pairs import save_pair, unique_name
 
 from . import layers as L
 from .edits import review_of_pair
 from .form import PathField, Section, tip
+from .loss_plot import LossPlot
 from .model_registry import registry_for
 from .readout import readout_label
 from .settings import load_settings, restore, save_settings, snapshot
-from .workers import JobRunner, TrainingProgress, device_choices
+from .workers import JobRunner, device_choices
 
 SECTION = "train"
 STARTS = ("default model", "checkpoint", "scratch")
@@ -66,55 +63,6 @@ TIPS = {
     "add_pair": "save the image pixels and painted labels as input/<name>.png and gt/<name>_gt.png",
     "pairs_dir": "the folder the pair is saved to (it gets input/ and gt/); it becomes the training folder",
 }
-
-
-class LossPlot(QWidget):
-    """A small live plot: training loss (orange, own scale) and validation score (cyan, 0-1) per epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.setMinimumHeight(110)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.losses: list[float] = []
-        self.scores: list[float] = []
-
-    def clear(self) -> None:
-        self.losses, self.scores = [], []
-        self.update()
-
-    def add(self, loss: float, score: float) -> None:
-        self.losses.append(loss)
-        self.scores.append(score)
-        self.update()
-
-    def _points(self, values: list[float], lo: float, hi: float, w: float, h: float, m: float) -> list[QPointF]:
-        n = max(len(values) - 1, 1)
-        span = (hi - lo) or 1.0
-        return [
-            QPointF(m + (w - 2 * m) * i / n, h - m - (h - 2 * m) * (v - lo) / span)
-            for i, v in enumerate(values)
-            if math.isfinite(v)
-        ]
-
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt name)
-        painter = QPainter(self)
-        w, h, m = float(self.width()), float(self.height()), 8.0
-        painter.setPen(QPen(QColor(120, 120, 120)))
-        painter.drawRect(int(m), int(m), int(w - 2 * m), int(h - 2 * m))
-        finite = [v for v in self.losses if math.isfinite(v)]
-        for values, lo, hi, colour in (
-            (self.losses, min(finite, default=0.0), max(finite, default=1.0), QColor(255, 150, 40)),
-            (self.scores, 0.0, 1.0, QColor(60, 200, 230)),
-        ):
-            points = self._points(values, lo, hi, w, h, m)
-            painter.setPen(QPen(colour, 2))
-            for a, b in zip(points, points[1:], strict=False):
-                painter.drawLine(a, b)
-            for p in points:
-                painter.drawEllipse(p, 2.5, 2.5)
-        painter.setPen(QPen(QColor(200, 200, 200)))
-        painter.drawText(int(m + 4), int(m + 14), "loss (orange)  val score (cyan)")
-        painter.end()
 
 
 class TrainWidget(Container):
@@ -318,7 +266,7 @@ class TrainWidget(Container):
 
     def start(self) -> None:
         """Start training with the form's settings (errors become notifications)."""
-        from napari_histoseg.training.train import train
+        from napari_histoseg.jobs.train import train_job
 
         if self.runner.running:
             return
@@ -332,14 +280,13 @@ class TrainWidget(Container):
         self.status.value = f"starting: {config.out}"
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.runner.start(
-            lambda cancel: train(config, should_stop=cancel.is_set),
+            lambda cancel: train_job(config, should_stop=cancel.is_set),
             on_event=self._event,
             on_done=self._done,
             on_error=self._failed,
             on_finished=self._finished,
             label=Path(config.out).name,
             stop_on_cancel=False,
-            describe=TrainingProgress(),
         )
 
     def cancel(self) -> None:
@@ -354,8 +301,11 @@ class TrainWidget(Container):
     def _finished(self) -> None:
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
-    def _event(self, event) -> None:
-        if hasattr(event, "best_epoch") and hasattr(event, "train_loss"):  # an epoch event
+    def _event(self, progress) -> None:
+        from napari_histoseg.training.train import EpochEvent
+
+        event = progress.detail
+        if isinstance(event, EpochEvent):
             self.plot.add(event.train_loss, event.score)
             from napari_histoseg.training.corrections import format_review
             from napari_histoseg.training.evaluate import format_metrics

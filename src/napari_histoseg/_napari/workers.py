@@ -1,8 +1,9 @@
 """Run a core job generator in napari's ``thread_worker``: progress in the activity dock, Cancel, error reporting.
 
 A job is a generator factory ``make(cancel: threading.Event)`` yielding progress events and *returning* its
-result. Cancel sets the event: the driver stops at the next event, and a model hook (:func:`cancel_on_forward`)
-stops inside a block at the next network batch, so Cancel takes effect within a batch, not a whole block. A
+result. Cancel sets the event: the driver stops at the next event, and a model hook
+(:func:`.job_hooks.cancel_on_forward`) stops inside a block at the next network batch, so Cancel takes effect
+within a batch, not a whole block. A
 cancelled job returns a :class:`Cancelled`; the core's ``finally`` blocks run, so finished work stays saved.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -22,16 +22,14 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 
 from napari_histoseg.engine.allocator import tune_cpu_allocator
+from napari_histoseg.jobs.progress import Progress
 
-from .job_meter import JobMeter, MeterReading, format_duration
+from .job_hooks import JobCancelled
+from .job_meter import JobMeter, MeterReading
 
 log = logging.getLogger(__name__)
 
 JobFactory = Callable[[threading.Event], Generator[Any, None, Any]]
-
-
-class JobCancelled(Exception):
-    """Raised inside the worker thread to abandon the work in hand after Cancel."""
 
 
 @dataclass
@@ -46,25 +44,6 @@ def device_choices() -> list[str]:
     from napari_histoseg.engine.device import available_devices
 
     return ["auto", *available_devices()]
-
-
-def cancel_on_forward(model, cancel: threading.Event):
-    """Make ``model``'s forward raise :class:`JobCancelled` once ``cancel`` is set; returns the hook handle."""
-
-    def hook(_module, _inputs):
-        if cancel.is_set():
-            raise JobCancelled
-
-    return model.register_forward_pre_hook(hook)
-
-
-def count_on_forward(model, meter, tiles_per_batch: int = 1):
-    """Count every tile ``model`` has computed on ``meter`` (``tiles_per_batch``: 4 with test-time flips)."""
-
-    def hook(_module, inputs, _output):
-        meter.add(int(inputs[0].shape[0]) // tiles_per_batch)
-
-    return model.register_forward_hook(hook)
 
 
 @dataclass
@@ -136,40 +115,36 @@ def _drive(make: JobFactory, cancel: threading.Event, partial: Callable[[], Any]
 
 
 def describe(event: Any) -> tuple[int, int, str] | None:
-    """``(done, total, text)`` for a progress bar from an inference event; None for other events."""
-    if hasattr(event, "blocks_done"):
-        eta = event.eta_seconds
-        text = f"{event.blocks_done}/{event.blocks_total} blocks, {event.windows_per_second:.1f} tiles/s"
-        if eta is not None:
-            text += f", about {format_duration(eta)} left"
-        return event.blocks_done, event.blocks_total, text
+    """``(done, total, text)`` for a progress bar from a job's :class:`~napari_histoseg.jobs.progress.Progress`."""
+    if isinstance(event, Progress):
+        return event.done, event.total, event.message
     return None
 
 
-class TrainingProgress:
-    """Progress of a training run: steps over all epochs, from the run's start event and its step events."""
+class _BarUpdater:
+    """Moves a runner's napari progress bar; never backwards. Updating the bar processes Qt events, so a call can
+    re-enter: a newer call shown while an older one waited wins."""
 
-    def __init__(self) -> None:
-        self.total = 0
-        self.offset = 0
-        self.t0 = time.monotonic()
-        self.first_step: int | None = None
+    def __init__(self, runner: JobRunner, name: str):
+        self.runner, self.name = runner, name
+        self.calls = self.shown = 0  # calls made, newest call shown
 
-    def __call__(self, event: Any) -> tuple[int, int, str] | None:
-        if hasattr(event, "steps_per_epoch") and hasattr(event, "start_epoch"):  # the start event
-            self.total = event.steps_per_epoch * (event.epochs - event.start_epoch + 1)
-            self.offset = event.steps_per_epoch * (event.start_epoch - 1)
-            return 0, self.total, f"epoch {event.start_epoch}/{event.epochs}"
-        if hasattr(event, "global_step") and hasattr(event, "loss"):
-            done = event.global_step - self.offset
-            if self.first_step is None:
-                self.first_step, self.t0 = done, time.monotonic()
-            text = f"epoch {event.epoch}, step {event.step}/{event.steps_per_epoch}, loss {event.loss:.4f}"
-            rate = (done - self.first_step) / max(time.monotonic() - self.t0, 1e-9)
-            if rate > 0 and self.total:
-                text += f", about {format_duration((self.total - done) / rate)} left"
-            return done, self.total, text
-        return None
+    def __call__(self, done: int, total: int, short: str) -> None:
+        self.calls += 1
+        mine = self.calls
+        bar = self.runner._bar  # a local: updating the bar can process events that close it
+        if bar is None:
+            return
+        if bar.total != total:
+            bar.total = total
+        if mine < self.shown or self.runner._bar is not bar:
+            return  # a newer event was shown while this one waited: never move the bar back
+        self.shown = mine
+        target = min(done, total) if total else done
+        if target != bar.n:
+            bar.update(target - bar.n)  # the activity dock's bar moves on update()'s value event, not on .n
+        if mine == self.shown and self.runner._bar is bar:
+            bar.set_description(f"{self.runner.title} {self.name} {short}".strip())
 
 
 class JobRunner:
@@ -224,24 +199,7 @@ class JobRunner:
             make, self._cancel, partial, stop_on_cancel
         )
 
-        calls = [0, 0]  # [calls made, newest call shown]: updating the bar processes events, so show() re-enters
-
-        def show(done: int, total: int, short: str) -> None:
-            calls[0] += 1
-            mine = calls[0]
-            bar = self._bar  # a local: updating the bar can process events that close it
-            if bar is None:
-                return
-            if bar.total != total:
-                bar.total = total
-            if mine < calls[1] or self._bar is not bar:
-                return  # a newer event was shown while this one waited: never move the bar back
-            calls[1] = mine
-            target = min(done, total) if total else done
-            if target != bar.n:
-                bar.update(target - bar.n)  # the activity dock's bar moves on update()'s value event, not on .n
-            if mine == calls[1] and self._bar is bar:
-                bar.set_description(f"{self.title} {name} {short}".strip())
+        show = _BarUpdater(self, name)
 
         def poll() -> None:
             reading = meter.reading()
@@ -269,32 +227,32 @@ class JobRunner:
             if on_event is not None:
                 on_event(event)
 
-        def errored(exc: Exception) -> None:
-            log.info("%s failed", self.title, exc_info=exc)
-            if on_error is not None:
-                on_error(exc)
-            else:
-                show_error(f"{self.title} failed: {exc}")
-
-        def finished() -> None:
-            self.worker = None
-            if self._timer is not None:
-                self._timer.stop()
-                self._timer = None
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
-            if on_finished is not None:
-                on_finished()
-
         worker.yielded.connect(yielded)
         if on_done is not None:
             worker.returned.connect(on_done)
-        worker.errored.connect(errored)
-        worker.finished.connect(finished)
+        worker.errored.connect(lambda exc: self._errored(exc, on_error))
+        worker.finished.connect(lambda: self._finished(on_finished))
         self.worker = worker
         worker.start()
         return worker
+
+    def _errored(self, exc: Exception, on_error: Callable[[Exception], None] | None) -> None:
+        log.info("%s failed", self.title, exc_info=exc)
+        if on_error is not None:
+            on_error(exc)
+        else:
+            show_error(f"{self.title} failed: {exc}")
+
+    def _finished(self, on_finished: Callable[[], None] | None) -> None:
+        self.worker = None
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if on_finished is not None:
+            on_finished()
 
     def cancel(self) -> None:
         """Ask the running job to stop; finished work is kept and ``on_done`` gets a :class:`Cancelled`."""
