@@ -41,9 +41,9 @@ from napari_histoseg.classes import NON_TUMOR, TUMOR
 from napari_histoseg.engine.infer import InferenceSettings, run
 from napari_histoseg.engine.jobs import default_model_path, load_model, segment_image
 from napari_histoseg.export_pairs import reviewed_from_edits, save_pair
+from napari_histoseg.jobs.evaluate import run_evaluation
 from napari_histoseg.training.config import TrainConfig
 from napari_histoseg.training.corrections import FINETUNE_DEFAULTS
-from napari_histoseg.jobs.evaluate import run_evaluation
 from napari_histoseg.training.evaluate_points import run_point_evaluation
 from napari_histoseg.training.image_files import read_image
 from napari_histoseg.training.train import EpochEvent, TrainStart, run_training
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=None, help="override the fine-tuning default (experiments)")
     parser.add_argument("--keep-weight", type=float, default=None, help="override the default (experiments)")
     parser.add_argument("--keep-types", type=float, default=None, help="override the default (experiments)")
+    parser.add_argument("--trainable", default=None, help="override the default (experiments): all, decoder, head")
     parser.add_argument("--skip-consep", action="store_true", help="leave out the CoNSeP check")
     parser.add_argument("--only-compare", action="store_true", help="fine-tune only the --compare candidates")
     parser.add_argument(
@@ -218,13 +219,13 @@ def main(argv: list[str] | None = None) -> dict:
     consep_before = skip if args.skip_consep else (cached(work / "consep_before.json") or consep_scores(consep, init))
     (work / "consep_before.json").write_text(json.dumps(consep_before))
     candidates = [dict(FINETUNE_DEFAULTS)]
-    for key in ("optimizer", "lr", "warmup", "keep_weight", "keep_types"):
+    for key in ("optimizer", "lr", "warmup", "keep_weight", "keep_types", "trainable"):
         if getattr(args, key) is not None:
             candidates[0][key] = getattr(args, key)
     for spec in args.compare:  # optimizer:lr:warmup (e.g. rmsprop:1e-4:0), or key=value,... (e.g. keep_types=0.3)
         if "=" in spec:
             pairs_ = dict(item.split("=") for item in spec.split(","))
-            candidates.append({**candidates[0], **{k: float(v) for k, v in pairs_.items()}})
+            candidates.append({**candidates[0], **{k: v if k == "trainable" else float(v) for k, v in pairs_.items()}})
             continue
         optimizer, lr, warmup = spec.split(":")
         candidates.append({**candidates[0], "optimizer": optimizer, "lr": float(lr), "warmup": int(warmup)})

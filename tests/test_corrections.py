@@ -253,3 +253,20 @@ def test_a_collapsing_fine_tune_hands_back_the_starting_model(start_model, tmp_p
         result = run_training(config)
     assert calls == [True, False, False] and result.best_epoch == 0 and result.epochs_done == 2
     assert Path(result.best_checkpoint).name == "best.safetensors"
+
+
+def test_trainable_choices_freeze_the_rest():
+    from napari_histoseg.model.resunetpp import ModelConfig, build_model
+    from napari_histoseg.training.optim import trainable_parameters
+
+    model = build_model(ModelConfig.scaled(0.125))
+    head = trainable_parameters(model, "head")
+    head_ids = {id(p) for p in [*model.head.parameters(), *model.classifier.parameters()]}
+    assert {id(p) for p in head} == head_ids
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    decoder = trainable_parameters(model, "decoder")
+    assert len(decoder) > len(head) and all(p.requires_grad for p in model.decoder.parameters())
+    assert len(trainable_parameters(model, "all")) == len(list(model.parameters()))
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(Exception, match="trainable"):
+        TrainConfig(train_dir=".", out="x", trainable="middle").validated()

@@ -14,6 +14,8 @@ from .corrections import DEFAULT_KEEP_TYPES, DEFAULT_KEEP_WEIGHT
 
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "plateau", "none")
+#: What a run trains: every layer, or only the decoder side (decoder, head, classifier), or the head and classifier.
+TRAINABLE = ("all", "decoder", "head")
 #: Metrics "best" can be chosen by; all higher-is-better except ``val_loss``.
 SELECT_METRICS = ("score", "mean_f1", "detection_f1", "type_f1_tumor", "type_f1_non_tumor", "val_loss")
 DEFAULT_VAL_FRACTION = 0.2
@@ -55,6 +57,8 @@ class TrainConfig:
     - ``keep_weight``: for corrected pairs (``reviewed/<name>.png``, see ``corrections``), the weight of the term
       that holds the pixels the user did not review at the starting model's output (0: they are ignored);
       ``keep_types`` how much that term holds their cell types too (0: only where cells are and end; 1: all).
+    - ``trainable``: ``all`` layers, or only the ``decoder`` side (decoder, head and classifier) or the ``head``
+      (head and classifier); the rest keep the starting weights (fine-tuning on a few images).
     - ``border_weight``: U-Net's ``w0``, an extra loss weight on the pixels between touching cells (gaps and
       boundary rings), ``w0 * exp(-(d1 + d2)^2 / (2 border_sigma^2))`` with d1, d2 the distances (px) to the two
       nearest cells, added to the class weight (see ``border_weights``); 0 (the default) trains without it.
@@ -99,6 +103,7 @@ class TrainConfig:
     freeze_norm: bool | None = None
     keep_weight: float = DEFAULT_KEEP_WEIGHT
     keep_types: float = DEFAULT_KEEP_TYPES
+    trainable: str = "all"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,97 +120,8 @@ class TrainConfig:
     def validated(self) -> TrainConfig:
         """A copy with absolute paths, after checking every option; raises :class:`TrainConfigError`."""
         c = TrainConfig(**self.to_dict())
-
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise TrainConfigError(message)
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        need(bool(c.train_dir) and Path(c.train_dir).is_dir(), f"training folder not found: {c.train_dir}")
-        need(bool(c.out), "an output run folder (out) is required")
-        need(not Path(c.out).exists() or Path(c.out).is_dir(), f"out {c.out} exists and is not a folder")
-        need(c.val_dir is None or Path(c.val_dir).is_dir(), f"validation folder not found: {c.val_dir}")
-        need(
-            is_num(c.val_fraction) and 0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1), got {c.val_fraction}"
-        )
-        need(
-            not (c.val_dir and c.val_fraction),
-            "give either a validation folder (val_dir) or a validation fraction, not both",
-        )
-        if c.group_regex is not None:
-            try:
-                need(re.compile(c.group_regex).groups >= 1, f"group_regex {c.group_regex!r} needs a group (...)")
-            except re.error as e:
-                raise TrainConfigError(f"group_regex {c.group_regex!r} is not a valid regular expression: {e}") from e
-        need(is_int(c.epochs) and c.epochs >= 1, f"epochs must be a positive integer, got {c.epochs!r}")
-        need(is_int(c.batch_size) and c.batch_size >= 1, f"batch_size must be a positive integer, got {c.batch_size!r}")
-        need(is_num(c.lr) and c.lr > 0, f"lr must be a positive number, got {c.lr!r}")
-        need(is_int(c.patch) and c.patch >= 8 and c.patch % 8 == 0, f"patch must be a multiple of 8, got {c.patch!r}")
-        need(c.optimizer in OPTIMIZERS, f"unknown optimizer {c.optimizer!r}; choose one of {OPTIMIZERS}")
-        need(is_num(c.weight_decay) and c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay!r}")
-        need(c.scheduler in SCHEDULERS, f"unknown scheduler {c.scheduler!r}; choose one of {SCHEDULERS}")
-        need(is_int(c.warmup) and c.warmup >= 0, f"warmup must be a number of steps >= 0, got {c.warmup!r}")
-        need(
-            c.init is None or Path(c.init).exists() or Path(c.init + ".safetensors").exists(),
-            f"init checkpoint not found: {c.init}",
-        )
-        need(c.width is None or (is_num(c.width) and 0 < c.width <= 16), f"width must be in (0, 16], got {c.width!r}")
-        need(
-            is_num(c.stain_jitter) and 0 <= c.stain_jitter < 1,
-            f"stain_jitter must be in [0, 1), got {c.stain_jitter!r}",
-        )
-        need(
-            c.samples_per_epoch is None or (is_int(c.samples_per_epoch) and c.samples_per_epoch >= 1),
-            f"samples_per_epoch must be a positive integer, got {c.samples_per_epoch!r}",
-        )
-        need(is_int(c.seed), f"seed must be an integer, got {c.seed!r}")
-        need(
-            c.num_workers is None or (is_int(c.num_workers) and c.num_workers >= 0),
-            f"num_workers must be >= 0, got {c.num_workers!r}",
-        )
-        need(
-            c.model_mpp is None or (is_num(c.model_mpp) and c.model_mpp > 0),
-            f"model_mpp must be positive, got {c.model_mpp!r}",
-        )
-        need(
-            c.select_metric in SELECT_METRICS,
-            f"unknown select_metric {c.select_metric!r}; choose one of {SELECT_METRICS}",
-        )
-        need(is_int(c.val_every) and c.val_every >= 1, f"val_every must be a positive integer, got {c.val_every!r}")
-        need(
-            c.max_steps is None or (is_int(c.max_steps) and c.max_steps >= 1),
-            f"max_steps must be positive, got {c.max_steps!r}",
-        )
-        need(
-            is_int(c.opening_radius) and c.opening_radius >= 0, f"opening_radius must be >= 0, got {c.opening_radius!r}"
-        )
-        need(c.ema is None or (is_num(c.ema) and 0 < c.ema < 1), f"ema must be a decay in (0, 1), got {c.ema!r}")
-        need(is_num(c.keep_weight) and c.keep_weight >= 0, f"keep_weight must be >= 0, got {c.keep_weight!r}")
-        need(
-            is_num(c.keep_types) and 0 <= c.keep_types <= 1, f"keep_types must be between 0 and 1, got {c.keep_types!r}"
-        )
-        need(is_num(c.border_weight) and c.border_weight >= 0, f"border_weight must be >= 0, got {c.border_weight!r}")
-        need(is_num(c.border_sigma) and c.border_sigma > 0, f"border_sigma must be > 0 px, got {c.border_sigma!r}")
-        for folder in [*(c.points_dirs or []), *([c.points_val] if c.points_val else [])]:
-            need(Path(folder).is_dir(), f"point-labelled folder not found: {folder}")
-        need(
-            c.points_mpp is None or (is_num(c.points_mpp) and c.points_mpp > 0),
-            f"points_mpp must be positive, got {c.points_mpp!r}",
-        )
-        need(
-            c.tumor_classes is None or (bool(c.tumor_classes) and all(is_int(v) for v in c.tumor_classes)),
-            f"tumor_classes must be a list of integer point classes, got {c.tumor_classes!r}",
-        )
-        need(is_num(c.points_share) and 0 < c.points_share < 1, f"points_share must be in (0, 1), got {c.points_share}")
-        need(
-            c.teacher is None or Path(c.teacher).exists() or Path(c.teacher + ".safetensors").exists(),
-            f"teacher checkpoint not found: {c.teacher}",
-        )
+        for check in (_check_folders, _check_optimisation, _check_run, _check_points):
+            check(c)
         c.amp = bool(c.amp)
         c.train_dir = str(Path(c.train_dir).resolve())
         c.out = str(Path(c.out).resolve())
@@ -215,3 +131,103 @@ class TrainConfig:
         c.points_dirs = None if not c.points_dirs else [str(Path(d).resolve()) for d in c.points_dirs]
         c.points_val = None if c.points_val is None else str(Path(c.points_val).resolve())
         return c
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise TrainConfigError(message)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_folders(c: TrainConfig) -> None:
+    _need(bool(c.train_dir) and Path(c.train_dir).is_dir(), f"training folder not found: {c.train_dir}")
+    _need(bool(c.out), "an output run folder (out) is required")
+    _need(not Path(c.out).exists() or Path(c.out).is_dir(), f"out {c.out} exists and is not a folder")
+    _need(c.val_dir is None or Path(c.val_dir).is_dir(), f"validation folder not found: {c.val_dir}")
+    _need(_is_num(c.val_fraction) and 0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1), got {c.val_fraction}")
+    _need(
+        not (c.val_dir and c.val_fraction),
+        "give either a validation folder (val_dir) or a validation fraction, not both",
+    )
+    if c.group_regex is not None:
+        try:
+            _need(re.compile(c.group_regex).groups >= 1, f"group_regex {c.group_regex!r} needs a group (...)")
+        except re.error as e:
+            raise TrainConfigError(f"group_regex {c.group_regex!r} is not a valid regular expression: {e}") from e
+
+
+def _check_optimisation(c: TrainConfig) -> None:
+    _need(c.trainable in TRAINABLE, f"unknown trainable {c.trainable!r}; choose one of {TRAINABLE}")
+    _need(_is_int(c.epochs) and c.epochs >= 1, f"epochs must be a positive integer, got {c.epochs!r}")
+    _need(_is_int(c.batch_size) and c.batch_size >= 1, f"batch_size must be a positive integer, got {c.batch_size!r}")
+    _need(_is_num(c.lr) and c.lr > 0, f"lr must be a positive number, got {c.lr!r}")
+    _need(_is_int(c.patch) and c.patch >= 8 and c.patch % 8 == 0, f"patch must be a multiple of 8, got {c.patch!r}")
+    _need(c.optimizer in OPTIMIZERS, f"unknown optimizer {c.optimizer!r}; choose one of {OPTIMIZERS}")
+    _need(_is_num(c.weight_decay) and c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay!r}")
+    _need(c.scheduler in SCHEDULERS, f"unknown scheduler {c.scheduler!r}; choose one of {SCHEDULERS}")
+    _need(_is_int(c.warmup) and c.warmup >= 0, f"warmup must be a number of steps >= 0, got {c.warmup!r}")
+    _need(
+        c.init is None or Path(c.init).exists() or Path(c.init + ".safetensors").exists(),
+        f"init checkpoint not found: {c.init}",
+    )
+    _need(c.width is None or (_is_num(c.width) and 0 < c.width <= 16), f"width must be in (0, 16], got {c.width!r}")
+    _need(
+        _is_num(c.stain_jitter) and 0 <= c.stain_jitter < 1,
+        f"stain_jitter must be in [0, 1), got {c.stain_jitter!r}",
+    )
+
+
+def _check_run(c: TrainConfig) -> None:
+    _need(
+        c.samples_per_epoch is None or (_is_int(c.samples_per_epoch) and c.samples_per_epoch >= 1),
+        f"samples_per_epoch must be a positive integer, got {c.samples_per_epoch!r}",
+    )
+    _need(_is_int(c.seed), f"seed must be an integer, got {c.seed!r}")
+    _need(
+        c.num_workers is None or (_is_int(c.num_workers) and c.num_workers >= 0),
+        f"num_workers must be >= 0, got {c.num_workers!r}",
+    )
+    _need(
+        c.model_mpp is None or (_is_num(c.model_mpp) and c.model_mpp > 0),
+        f"model_mpp must be positive, got {c.model_mpp!r}",
+    )
+    _need(
+        c.select_metric in SELECT_METRICS,
+        f"unknown select_metric {c.select_metric!r}; choose one of {SELECT_METRICS}",
+    )
+    _need(_is_int(c.val_every) and c.val_every >= 1, f"val_every must be a positive integer, got {c.val_every!r}")
+    _need(
+        c.max_steps is None or (_is_int(c.max_steps) and c.max_steps >= 1),
+        f"max_steps must be positive, got {c.max_steps!r}",
+    )
+    _need(_is_int(c.opening_radius) and c.opening_radius >= 0, f"opening_radius must be >= 0, got {c.opening_radius!r}")
+    _need(c.ema is None or (_is_num(c.ema) and 0 < c.ema < 1), f"ema must be a decay in (0, 1), got {c.ema!r}")
+    _need(_is_num(c.keep_weight) and c.keep_weight >= 0, f"keep_weight must be >= 0, got {c.keep_weight!r}")
+    _need(_is_num(c.keep_types) and 0 <= c.keep_types <= 1, f"keep_types must be between 0 and 1, got {c.keep_types!r}")
+    _need(_is_num(c.border_weight) and c.border_weight >= 0, f"border_weight must be >= 0, got {c.border_weight!r}")
+    _need(_is_num(c.border_sigma) and c.border_sigma > 0, f"border_sigma must be > 0 px, got {c.border_sigma!r}")
+
+
+def _check_points(c: TrainConfig) -> None:
+    for folder in [*(c.points_dirs or []), *([c.points_val] if c.points_val else [])]:
+        _need(Path(folder).is_dir(), f"point-labelled folder not found: {folder}")
+    _need(
+        c.points_mpp is None or (_is_num(c.points_mpp) and c.points_mpp > 0),
+        f"points_mpp must be positive, got {c.points_mpp!r}",
+    )
+    _need(
+        c.tumor_classes is None or (bool(c.tumor_classes) and all(_is_int(v) for v in c.tumor_classes)),
+        f"tumor_classes must be a list of integer point classes, got {c.tumor_classes!r}",
+    )
+    _need(_is_num(c.points_share) and 0 < c.points_share < 1, f"points_share must be in (0, 1), got {c.points_share}")
+    _need(
+        c.teacher is None or Path(c.teacher).exists() or Path(c.teacher + ".safetensors").exists(),
+        f"teacher checkpoint not found: {c.teacher}",
+    )

@@ -22,6 +22,23 @@ def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=wd)
 
 
+#: The top-level modules each ``TrainConfig.trainable`` choice trains (``all``: every parameter).
+TRAINABLE_MODULES = {"decoder": ("decoder", "head", "classifier"), "head": ("head", "classifier")}
+
+
+def trainable_parameters(model: torch.nn.Module, trainable: str) -> list[torch.nn.Parameter]:
+    """The parameters a run trains; the others are frozen (``requires_grad`` False)."""
+    if trainable == "all":
+        return list(model.requires_grad_(True).parameters())
+    names = TRAINABLE_MODULES[trainable]
+    chosen = []
+    for name, child in model.named_children():
+        child.requires_grad_(name in names)
+        if name in names:
+            chosen.extend(child.parameters())
+    return chosen
+
+
 def lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:
     """Learning-rate multiplier before optimizer step ``step`` (0-based): warm-up, then the schedule."""
     if config.warmup and step < config.warmup:

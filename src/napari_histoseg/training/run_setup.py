@@ -24,7 +24,7 @@ from .config import TrainConfig, TrainConfigError
 from .corrections import ReviewedImage, prepare_samples
 from .data import load_pairs, pooled_stain_stats, weights_from_counts
 from .dataset import PatchDataset, default_num_workers, make_loader
-from .optim import make_optimizer
+from .optim import make_optimizer, trainable_parameters
 from .point_training import PointData, load_point_data, patch_share_weights
 from .run_folder import LAST, STATE, config_differences, load_state, read_metrics_csv, restore_optimizer, write_csv
 from .splits import split_data
@@ -225,7 +225,7 @@ def setup_run(config: TrainConfig, resume: bool) -> RunSetup:
     if device.type == "cpu":
         tune_cpu_allocator()
     model = model.to(device).to(memory_format=memory_format)
-    optimizer = make_optimizer(config, model.parameters())
+    optimizer = make_optimizer(config, trainable_parameters(model, config.trainable))
     ema = None
     if config.ema is not None:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
