@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _trainsets import blob_image, write_set
-from napari_histoseg.classes import BACKGROUND, NON_TUMOR, TUMOR
+from napari_histoseg.classes import BACKGROUND, BOUNDARY, NON_TUMOR, TUMOR
 from napari_histoseg.export_pairs import PairExportError, reviewed_from_edits, save_pair
 from napari_histoseg.model.checkpoint import read_card
 from napari_histoseg.training.config import TrainConfig
@@ -88,16 +88,33 @@ def test_codes_and_loss():
     assert codes.tolist() == [[0, IGNORE], [KEEP + CELL_ANY, KEEP + 3]]  # an unreviewed cell keeps being a cell
     torch.manual_seed(0)
     logits = torch.randn(1, 4, 2, 2)
-    teacher = torch.randn(1, 4, 2, 2)
     weights = torch.ones(4)
     t = torch.from_numpy(codes.astype(np.int64))[None]
     only_reviewed = weighted_cross_entropy(logits, torch.tensor([[[0, IGNORE], [IGNORE, IGNORE]]]), weights)
-    assert torch.isclose(correction_loss(logits, t, weights, None), only_reviewed)
-    assert torch.isclose(correction_loss(logits, t, weights, teacher, keep_weight=0.0), only_reviewed)
-    kept = distillation_loss(logits, teacher, torch.tensor([[[False, False], [True, True]]]), keep_types=0.3)
-    assert kept > 0
-    both = correction_loss(logits, t, weights, teacher, keep_weight=0.5, keep_types=0.3)
-    assert torch.isclose(both, only_reviewed + 0.5 * kept)
+    assert torch.isclose(correction_loss(logits, t, weights, None), only_reviewed)  # no teacher: plain CE
+
+
+def test_reviewed_pixels_teach_only_what_the_user_changed():
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    # pixel 0: the teacher decided non-tumor, the user made it tumor (same kind: the type alone is taught);
+    # pixel 1: the teacher decided tumor, the user erased it (kind changed: background is taught in full);
+    # pixel 2: background the user confirmed (held, not taught); pixel 3: unreviewed (held).
+    teacher = torch.tensor([[-5.0, 0.0, 3.0, -5.0], [-5.0, 3.0, 0.0, -5.0], [3.0, -5, -5, 0], [3.0, -5, -5, 0]])
+    teacher = teacher.T.reshape(1, 4, 1, 4)
+    codes = torch.tensor([[[TUMOR, BACKGROUND, BACKGROUND, KEEP + BACKGROUND]]])
+    logits = teacher.clone().requires_grad_(True)
+    correction_loss(logits, codes, weights, teacher, keep_weight=0.0).backward()
+    grad = logits.grad[0, :, 0]
+    assert float(grad[BOUNDARY, 0]) == 0 and float(grad[BACKGROUND, 0]) == 0  # a type: only the type split moves
+    assert float(grad[TUMOR, 0]) < 0 < float(grad[NON_TUMOR, 0])
+    assert float(grad[BACKGROUND, 1]) < 0  # the erased cell: background taught
+    assert torch.all(grad[:, 2:] == 0)  # confirmed and unreviewed pixels: nothing but the (zero-weight) holding
+    # With weight, what is held is pulled back to the teacher once it moves.
+    moved = teacher.clone()
+    moved[0, BOUNDARY, 0, 2] += 4.0
+    assert correction_loss(moved, codes, weights, teacher, keep_weight=1.0) > correction_loss(
+        moved, codes, weights, teacher, keep_weight=0.0
+    )
 
 
 def test_distillation_holds_kinds_and_frees_types():

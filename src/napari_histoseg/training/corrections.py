@@ -179,13 +179,38 @@ def correction_loss(
     keep_types: float = DEFAULT_KEEP_TYPES,
     logit_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weighted cross-entropy of the reviewed (and ordinary) pixels + ``keep_weight`` x the distillation term of
-    the kept ones (:func:`distillation_loss`; without ``teacher_logits`` the kept pixels are ignored)."""
+    """The reviewed pixels' class-weighted cross-entropy + ``keep_weight`` x the distillation term of the others.
+
+    With ``teacher_logits`` (the frozen starting model on the same patch), a reviewed pixel teaches only what the
+    user changed: where its kind (background, cell, boundary) is the one the starting model decided, a cell
+    teaches its type alone (``-log p_type / (p_tumor + p_non_tumor)``) and its kind is held with the unreviewed
+    pixels (:func:`distillation_loss`); where the user changed the kind (an erased false cell, a painted missed
+    one) it teaches its class. A full cross-entropy on confirmed pixels would push down everywhere the classes the
+    few reviewed cells do not contain (the boundary ring first). Without a teacher: plain cross-entropy on the
+    reviewed pixels, the others ignored.
+    """
     keep = (codes >= KEEP) & (codes <= KEEP + CELL_ANY)
-    loss = weighted_cross_entropy(logits, torch.where(keep, torch.full_like(codes, IGNORE), codes), class_weights)
-    if teacher_logits is not None and keep_weight > 0 and bool(keep.any()):
+    if teacher_logits is None:
+        return weighted_cross_entropy(logits, torch.where(keep, torch.full_like(codes, IGNORE), codes), class_weights)
+    num_classes = logits.shape[1]
+    taught = codes < num_classes
+    safe = torch.where(taught, codes, torch.zeros_like(codes))
+    decided = teacher_logits.detach()
+    if logit_bias is not None:
+        decided = decided + logit_bias.to(decided.dtype).view(1, -1, 1, 1)
+    kind_of = torch.as_tensor(_KIND, device=codes.device, dtype=torch.long)
+    same_kind = taught & (kind_of[decided.argmax(dim=1)] == kind_of[safe])
+    type_only = same_kind & ((safe == TUMOR) | (safe == NON_TUMOR))
+    learn = (taught & ~same_kind) | type_only
+    log_p = torch.log_softmax(logits, dim=1)
+    nll = -log_p.gather(1, safe[:, None])[:, 0]
+    nll = torch.where(type_only, nll + torch.logsumexp(log_p[:, [TUMOR, NON_TUMOR]], dim=1), nll)
+    weights = class_weights[safe] * learn
+    loss = (nll * weights).sum() / weights.sum().clamp_min(1e-12)
+    held = keep | same_kind
+    if keep_weight > 0 and bool(held.any()):
         loss = loss + keep_weight * distillation_loss(
-            logits, teacher_logits, keep, keep_types, class_weights, logit_bias
+            logits, teacher_logits, held, keep_types, class_weights, logit_bias
         )
     return loss
 
