@@ -1,25 +1,29 @@
 """Where a model's detection and typing errors are, on folder pairs with instance maps (e.g. CoNSeP val).
 
-Decides the classes as inference does (the card's logit bias, opening radius 2, the default cell rules), matches
-cells as ``histoseg evaluate`` does, then prints:
+Segments each image with the call ``histoseg predict`` makes (``engine.jobs.segment_image``, default settings,
+stain statistics pooled over the folder as ``histoseg evaluate`` pools them), finds cells with the default cell
+rules and matches them as ``histoseg evaluate`` does (``analysis.metrics.MATCH_RADIUS``), then prints:
 - the true cells left unmatched: covered by predicted cells (merged with a neighbour or off-centre) or mostly
   predicted as background (< 20% covered), their median area and the share cut by the image edge;
 - recall by true class and for cells on / off the image edge;
 - the type confusion of the matched cells, and the tumor type F1 if every matched cell were typed right (what
   better detection alone could reach).
 
-Usage: python scripts/diagnose_misses.py CHECKPOINT DATA_DIR
+With ``--json`` the figures are also printed as one JSON object, the last line.
+
+Usage: python scripts/diagnose_misses.py CHECKPOINT|bundled DATA_DIR [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
-from tune_postprocess import cached_logits
 
 from napari_histoseg.analysis.instances import cells_from_labels
 from napari_histoseg.analysis.metrics import (
+    MATCH_RADIUS,
     instance_centroids,
     instance_classes,
     match_centroids,
@@ -27,32 +31,48 @@ from napari_histoseg.analysis.metrics import (
     type_counts,
     type_f1_from_counts,
 )
-from napari_histoseg.analysis.opening import open_labels
 from napari_histoseg.classes import NON_TUMOR, TUMOR
-from napari_histoseg.training.evaluate import DEFAULT_OPENING_RADIUS
+from napari_histoseg.engine.infer import InferenceSettings, run
+from napari_histoseg.engine.jobs import load_model, segment_image
+from napari_histoseg.fileio import json_safe
+from napari_histoseg.training.pair_folders import find_pairs
+from napari_histoseg.training.samples import load_pairs, pooled_stain_stats
+
+
+def predictions(checkpoint: str | None, data_dir: str, device: str = "auto"):
+    """(predicted labels, gt labels, gt instances) per pair of ``data_dir``, segmented as in use."""
+    model, card = load_model(checkpoint)
+    samples, _ = load_pairs(find_pairs(data_dir))
+    settings = InferenceSettings(device=device)
+    stain = pooled_stain_stats(samples) if settings.stain_normalize else None
+    for sample in samples:
+        if sample.inst is None:
+            raise SystemExit(f"{data_dir}: {sample.name} has no instance map (inst/); it tells cells apart")
+        job = segment_image(sample.image, model, card, settings, mpp=sample.mpp, name=sample.name, stain_source=stain)
+        yield run(job).labels, sample.labels, sample.inst
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint, or 'bundled' for the bundled model")
     p.add_argument("data_dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON, last line")
     args = p.parse_args()
-    cache, bias = cached_logits(args.checkpoint, args.data_dir)
-    shift = np.asarray(bias or np.zeros(cache[0][0].shape[0]), np.float32)[:, None, None]
+    checkpoint = None if args.checkpoint == "bundled" else args.checkpoint
 
     # One row per true cell: matched, area, on the image edge, covered fraction, class.
     rows = []
     confusion = np.zeros((3, 3), np.int64)  # true class (0 none, 1 tumor, 2 non-tumor) x predicted
     actual, perfect = np.zeros(6, np.int64), np.zeros(6, np.int64)
-    for logits, gt, inst in cache:
-        if inst is None:
-            raise SystemExit(f"{args.data_dir}: needs instance maps (inst/) to tell cells apart")
-        pred = open_labels((logits + shift).argmax(0).astype(np.uint8), DEFAULT_OPENING_RADIUS)
+    for pred, gt, inst in predictions(checkpoint, args.data_dir, args.device):
         pred_inst, pred_cls = cells_from_labels(pred)
         true_inst = renumber_instances(inst)
         true_cls = instance_classes(true_inst, gt)
         true_c = instance_centroids(true_inst)
-        pairs, un_pred, un_true = match_centroids(instance_centroids(pred_inst, len(pred_cls) - 1), true_c, 12)
+        pairs, un_pred, un_true = match_centroids(
+            instance_centroids(pred_inst, len(pred_cls) - 1), true_c, MATCH_RADIUS
+        )
         pt, tt = pred_cls[1:], true_cls[1:]
         np.add.at(confusion, (tt[pairs[:, 1]], pt[pairs[:, 0]]), 1)
         actual += type_counts(pt[pairs[:, 0]], tt[pairs[:, 1]], pt[un_pred], tt[un_true], TUMOR)
@@ -85,6 +105,26 @@ def main() -> None:
         f"tumor type F1 {type_f1_from_counts(actual):.4f}; with every matched cell typed right "
         f"{type_f1_from_counts(perfect):.4f}"
     )
+    if args.json:
+        figures = {
+            "true_cells": len(rows),
+            "matched": int(matched.sum()),
+            "unmatched_covered": int((missed & ~background).sum()),
+            "unmatched_background": int(background.sum()),
+            "median_area_background_px": float(np.median(area[background])) if background.any() else None,
+            "edge_share_background": float(edge[background].mean()) if background.any() else None,
+            "median_area_matched_px": float(np.median(area[matched])) if matched.any() else None,
+            "recall": {
+                "tumor": float(matched[cls == TUMOR].mean()),
+                "non_tumor": float(matched[cls == NON_TUMOR].mean()),
+                "edge": float(matched[edge].mean()),
+                "inside": float(matched[~edge].mean()),
+            },
+            "type_confusion": confusion.tolist(),
+            "tumor_type_f1": type_f1_from_counts(actual),
+            "tumor_type_f1_if_typed_right": type_f1_from_counts(perfect),
+        }
+        print(json.dumps(json_safe(figures)))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 # On the GPU:   the device tool's run, in the repo root, with carry [".device-data"] and timeout_s 600:
 #               bash scripts/gpu_train.sh
 # Back here:    python scripts/bundle_model.py <files_at>/finetune/best.safetensors (or scratch/), after comparing
-#               the two runs' evaluations printed at the end of the output.
+#               the two runs' evaluations: the last line of the output is one JSON object holding both.
 #
 # The GPU machine has torch, numpy, scipy, scikit-image, tifffile and safetensors but no napari, zarr or dask: the
 # package runs from src/ (PYTHONPATH), and its training path imports none of those (tests/test_gpu_script.py runs
@@ -65,16 +65,17 @@ start=$(date +%s.%N)
 train cal-finetune 1 "${finetune[@]}" > "$work/cal-finetune.log" 2>&1 &
 train cal-scratch 1 "${scratch[@]}" > "$work/cal-scratch.log" 2>&1 &
 wait
-epochs=$(python3 - "$start" "$budget" "$max_epochs" "$work"/cal-*.log <<'PY'
-import re, sys, time
-start, budget, max_epochs, logs = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+epochs=$(python3 - "$start" "$budget" "$max_epochs" "$work/cal-finetune" "$work/cal-scratch" <<'PY'
+import sys, time
+from napari_histoseg.training.run_folder import read_metrics_csv
+start, budget, max_epochs, runs = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 spent = time.time() - start
 seconds = []
-for log in logs:
-    found = re.findall(r"^epoch 1/1 .* (\d+) s$", open(log).read(), flags=re.M)
-    if not found:
-        sys.exit(f"calibration failed, see {log}:\n" + open(log).read()[-2000:])
-    seconds.append(max(1, int(found[-1])))
+for run in runs:
+    rows = read_metrics_csv(run)  # the run folder's metrics.csv: one row per finished epoch
+    if not rows:
+        sys.exit(f"calibration failed, see {run}.log:\n" + open(f"{run}.log").read()[-2000:])
+    seconds.append(max(1, round(float(rows[-1]["seconds"]))))
 epochs = max(1, min(max_epochs, int((budget - spent) / max(seconds))))
 print(f"calibration: {spent:.0f} s in all, an epoch of both runs side by side {max(seconds)} s -> {epochs} epochs",
       file=sys.stderr)
@@ -94,7 +95,23 @@ for name in finetune scratch; do
     mkdir -p "$out/$name"  # 3 files per run and 2 logs: the device tool brings back 8 files at most
     cp "$run/best.safetensors" "$run/best.json" "$run/metrics.csv" "$out/$name/"
     echo "== $name: histoseg evaluate on $data/val"
-    python3 -m napari_histoseg.cli evaluate "$data/val" --model "$run/best.safetensors" --device "$device" ||
-        echo "$name: evaluation failed"
+    python3 -m napari_histoseg.cli evaluate "$data/val" --model "$run/best.safetensors" --device "$device" --json |
+        tee "$work/$name-evaluation.json" || echo "$name: evaluation failed"
 done
+
+# The last line: one JSON object a caller reads (epochs, each run's best checkpoint and its evaluation).
+python3 - "$epochs" "$out" "$work" <<'PY'
+import json, sys
+from pathlib import Path
+epochs, out, work = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+runs = {}
+for name in ("finetune", "scratch"):
+    best, evaluation = out / name / "best.safetensors", work / f"{name}-evaluation.json"
+    try:
+        scores = json.loads(evaluation.read_text())
+    except (OSError, ValueError):
+        scores = None
+    runs[name] = {"best": str(best) if best.is_file() else None, "evaluation": scores}
+print(json.dumps({"epochs": epochs, "runs": runs}))
+PY
 rm -rf "$work"

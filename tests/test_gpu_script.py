@@ -3,6 +3,7 @@ from src/ with napari, zarr, dask and Qt absent (blocked), a tiny set in its dat
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,3 +65,8 @@ def test_gpu_script_trains_both_runs_and_returns_their_best(tmp_path):
     assert read_card(out / "finetune" / "best.safetensors").training["init"]["loaded"] > 0  # from the bundled model
     assert read_card(out / "scratch" / "best.safetensors").training["init"] is None
     assert proc.stdout.count("detection") >= 2, proc.stdout  # both evaluations printed their metrics
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])  # the last line: JSON for a caller
+    assert summary["epochs"] == 1
+    for run in ("finetune", "scratch"):
+        assert summary["runs"][run]["best"] == str(out / run / "best.safetensors")
+        assert summary["runs"][run]["evaluation"] is not None
