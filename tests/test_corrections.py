@@ -24,9 +24,10 @@ from napari_histoseg.training.corrections import (
     prepare_samples,
     resample_sample,
 )
-from napari_histoseg.training.data import Sample, find_pairs, load_pairs
 from napari_histoseg.training.loss import weighted_cross_entropy
+from napari_histoseg.training.pair_folders import find_pairs
 from napari_histoseg.training.point_targets import CELL_ANY, IGNORE
+from napari_histoseg.training.samples import Sample, load_pairs
 from napari_histoseg.training.train import run_training, split_data
 
 torch.set_num_threads(1)
@@ -219,7 +220,7 @@ def test_finetune_on_one_corrected_pair_keeps_the_model(start_model, tmp_path):
 
 
 def test_review_line_for_the_status():
-    from napari_histoseg.training.corrections import format_review
+    from napari_histoseg.training.review import format_review
 
     assert format_review({"detection_f1": 0.7}) == ""
     line = format_review(
@@ -237,15 +238,25 @@ def test_review_line_for_the_status():
 
 
 def test_an_epoch_that_loses_a_class_or_held_agreement_is_refused():
-    from napari_histoseg.training.corrections import collapse_problems
+    from napari_histoseg.training.review import collapse_problems
 
     before = {"class_share": [0.8, 0.05, 0.1, 0.05], "review_held_agreement": 0.5}
-    fine = {"class_share": [0.8, 0.07, 0.08, 0.05], "review_held_agreement": 0.75}
+    user = [0.4, 0.6]  # the reviewed cells' pixels: 40% tumor, 60% non-tumor
+    fine = {"class_share": [0.8, 0.07, 0.08, 0.05], "review_held_agreement": 0.75, "review_held_cells": 40}
+    fine |= {"type_share": [0.47, 0.53], "user_type_share": user}
     assert collapse_problems(fine, before) == []
-    lost = {"class_share": [0.85, 0.0, 0.1, 0.05], "review_held_agreement": 0.75}
+    lost = fine | {"type_share": [0.0, 1.0]}
     assert any("tumor cell nearly disappeared" in p for p in collapse_problems(lost, before))
-    worse = {"class_share": [0.8, 0.05, 0.1, 0.05], "review_held_agreement": 0.25}
+    # Fewer non-tumor cells than the starting model drew is what correcting a systematic mistake does: only a
+    # share far below the user's own reviewed cells is refused.
+    corrected = fine | {"type_share": [0.8, 0.2], "user_type_share": [0.7, 0.3]}
+    assert collapse_problems(corrected, before) == []
+    no_ring = fine | {"class_share": [0.85, 0.07, 0.08, 0.005]}
+    assert any("boundary nearly disappeared" in p for p in collapse_problems(no_ring, before))
+    worse = fine | {"review_held_agreement": 0.25}
     assert any("held-aside" in p for p in collapse_problems(worse, before))
+    noise = fine | {"review_held_agreement": 0.45}  # 2 of 40 cells fewer: within two standard errors
+    assert collapse_problems(noise, before) == []
 
 
 def test_a_collapsing_fine_tune_hands_back_the_starting_model(start_model, tmp_path, monkeypatch):
@@ -258,7 +269,9 @@ def test_a_collapsing_fine_tune_hands_back_the_starting_model(start_model, tmp_p
     def fake_review(model, review, device, logit_bias, *, reference=None, **kw):
         calls.append(reference is None)
         shares = [0.8, 0.05, 0.1, 0.05] if reference is None else [0.9, 0.0, 0.1, 0.0]  # epochs lose two classes
+        types = [0.33, 0.67] if reference is None else [0.0, 1.0]
         metrics = {"review_agreement": 1.0, "review_held_agreement": float("nan"), "untouched_changed": 0.0}
+        metrics |= {"type_share": types, "user_type_share": [0.33, 0.67]}
         return {**metrics, "class_share": shares, "review_score": 1.0}, [labels]
 
     monkeypatch.setattr(train_mod, "review_metrics", fake_review)

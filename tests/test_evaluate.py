@@ -19,13 +19,15 @@ from napari_histoseg.jobs.evaluate import evaluate_folder_job, run_evaluation
 from napari_histoseg.jobs.progress import Progress, drive
 from napari_histoseg.model.checkpoint import CheckpointError, card_for, save_checkpoint
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
-from napari_histoseg.training.data import Sample, find_pairs, load_pairs, read_mask
 from napari_histoseg.training.evaluate import (
     EvalProgress,
     EvalResult,
     evaluate_model,
     format_metrics,
 )
+from napari_histoseg.training.image_files import read_mask
+from napari_histoseg.training.pair_folders import find_pairs
+from napari_histoseg.training.samples import Sample, load_pairs
 
 torch.set_num_threads(1)
 

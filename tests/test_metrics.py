@@ -224,7 +224,8 @@ def test_instance_centroids():
 
 @pytest.mark.slow
 def test_consep_val_ground_truth_against_itself(consep_dir):
-    from napari_histoseg.training.data import find_pairs, load_pairs
+    from napari_histoseg.training.pair_folders import find_pairs
+    from napari_histoseg.training.samples import load_pairs
 
     samples, _ = load_pairs(find_pairs(consep_dir / "val"))
     from_labels, from_inst = SegmentationMetrics(), SegmentationMetrics()

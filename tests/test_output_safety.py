@@ -205,7 +205,7 @@ def test_planar_and_12_bit_rgb_read_as_the_same_slide(tmp_path, planar):
     import numpy as np
 
     from napari_histoseg.io.slide import open_slide
-    from napari_histoseg.training.data import read_image
+    from napari_histoseg.training.image_files import read_image
 
     rgb8 = tissue_rgb((300, 256))
     rgb12 = ((rgb8.astype(np.uint32) * 4095 + 127) // 255).astype(
@@ -258,7 +258,7 @@ def test_a_thin_strip_of_tissue_is_not_skipped(tmp_path, tiny_checkpoint):
 def test_a_small_fragment_on_a_large_slide_is_kept():
     import numpy as np
 
-    from napari_histoseg.io.tissue import mask_from_rgb
+    from napari_histoseg.analysis.tissue import mask_from_rgb
 
     thumbnail = np.full((2048, 2048, 3), 240, np.uint8)  # a 100,000 px slide's thumbnail: downsample 49
     thumbnail[1000:1012, 700:712] = tissue_rgb((24, 24))[6:18, 6:18]  # a 600 px (150 um) fragment: 12 x 12 px
@@ -269,7 +269,7 @@ def test_a_small_fragment_on_a_large_slide_is_kept():
 def test_a_faint_section_is_kept():
     import numpy as np
 
-    from napari_histoseg.io.tissue import mask_from_rgb
+    from napari_histoseg.analysis.tissue import mask_from_rgb
 
     rng = np.random.default_rng(0)
     image = (238 + rng.integers(-3, 4, (600, 600, 3))).astype(np.uint8)  # glass

@@ -18,8 +18,9 @@ from napari_histoseg.analysis.stain_stats import lab_stats
 from napari_histoseg.model.checkpoint import CheckpointError, card_for, load_checkpoint, read_card, save_checkpoint
 from napari_histoseg.model.resunetpp import ModelConfig, build_model
 from napari_histoseg.training import train as train_mod
-from napari_histoseg.training.data import find_pairs, load_pairs
+from napari_histoseg.training.pair_folders import find_pairs
 from napari_histoseg.training.run_folder import hold_interrupts
+from napari_histoseg.training.samples import load_pairs
 from napari_histoseg.training.train import (
     EpochEvent,
     StepEvent,

@@ -14,7 +14,8 @@ from napari_histoseg._napari.edits import on_edits_settled, was_edited
 from napari_histoseg._napari.settings import CONFIG_ENV
 from napari_histoseg._napari.train_widget import TrainWidget
 from napari_histoseg._napari.workers import JobRunner
-from napari_histoseg.training.data import find_pairs, load_pairs
+from napari_histoseg.training.pair_folders import find_pairs
+from napari_histoseg.training.samples import load_pairs
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,8 @@ from napari_histoseg._napari.segment_widget import SegmentWidget
 from napari_histoseg._napari.settings import CONFIG_ENV, load_settings
 from napari_histoseg._napari.train_widget import TrainWidget
 from napari_histoseg.export_pairs import save_pair
-from napari_histoseg.training.data import find_pairs, read_image, read_mask
+from napari_histoseg.training.image_files import read_image, read_mask
+from napari_histoseg.training.pair_folders import find_pairs
 
 WAIT_MS = 60_000
 

@@ -16,7 +16,7 @@ def slide_tiles(slide, card, request) -> int:
     Background is left out as the engine leaves it out (same tissue mask), and so are blocks an earlier run of the
     same store finished (they are resumed).
     """
-    from napari_histoseg.io.tissue import mask_from_rgb, slide_thumbnail
+    from napari_histoseg.analysis.tissue import mask_from_rgb, slide_thumbnail
 
     settings = request.settings
     plan = plan_resolution(slide.mpp, card.mpp, input_mpp=request.mpp)

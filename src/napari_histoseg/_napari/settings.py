@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from napari_histoseg.fileio import atomic_write
+
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = "NAPARI_HISTOSEG_CONFIG_DIR"
@@ -58,9 +60,7 @@ def save_settings(section: str, values: dict[str, Any]) -> None:
     data[section] = values
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data, indent=2, default=str).encode("utf-8"))
     except OSError as exc:
         log.warning("could not save widget settings to %s: %s", path, exc)
 

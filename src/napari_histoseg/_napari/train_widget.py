@@ -307,8 +307,8 @@ class TrainWidget(Container):
         event = progress.detail
         if isinstance(event, EpochEvent):
             self.plot.add(event.train_loss, event.score)
-            from napari_histoseg.training.corrections import format_review
             from napari_histoseg.training.evaluate import format_metrics
+            from napari_histoseg.training.review import format_review
 
             review = format_review(event.val)  # corrected pairs: agreement with the corrections, change elsewhere
             self.status.value = (

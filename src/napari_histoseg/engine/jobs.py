@@ -138,7 +138,7 @@ def segment_image(
     predictor = make_predictor(model, settings, card.logit_bias)
     sink = ArraySink(image.shape[:2], probabilities=settings.probabilities)
     if stain_source is None and normalizes_stain(card, settings):
-        from ..io.tissue import image_stain_stats
+        from ..analysis.tissue import image_stain_stats
 
         stain_source = image_stain_stats(image)
     normalize = stain_normalizer(card, settings, stain_source, name)
@@ -216,8 +216,8 @@ def prepare_slide_job(
     overwrite: bool = False,
 ) -> SlideJob:
     """Choose the level, measure the tissue (mask and stain colours) and create (or reopen) the output store."""
+    from ..analysis.tissue import image_stain_stats, mask_from_rgb, slide_thumbnail
     from ..io.outputs import check_not_input
-    from ..io.tissue import image_stain_stats, mask_from_rgb, slide_thumbnail
 
     check_not_input(out, [slide.path])  # before anything is read or written
     plan = plan_resolution(slide.mpp, card.mpp, level=level, input_mpp=input_mpp)

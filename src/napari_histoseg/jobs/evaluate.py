@@ -50,7 +50,9 @@ def evaluate_folder_job(
     label map scored. Raises ``DatasetError`` for unusable data and ``CheckpointError`` for an unusable checkpoint,
     before any image is segmented.
     """
-    from ..training.data import find_pairs, load_pairs, read_image
+    from ..training.image_files import read_image
+    from ..training.pair_folders import find_pairs
+    from ..training.samples import load_pairs
 
     model, card = load_model(checkpoint)
     pairs = find_pairs(data_dir)

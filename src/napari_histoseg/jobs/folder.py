@@ -63,7 +63,7 @@ def segment_folder(
     ``paths``, as a run over the whole folder pools them). ``mpp``: microns per pixel of every image, ``"auto"``
     to estimate each, None: the model's. ``stain``: the pooled statistics when the caller has
     them already (:func:`~napari_histoseg.engine.jobs.folder_stain_stats` of the same ``paths``)."""
-    from ..training.data import read_image
+    from ..training.image_files import read_image
 
     if stain == "pooled":
         stain = folder_stain_stats(paths, read_image, card, settings)

@@ -160,8 +160,8 @@ def segment_array_job(
     """Segment an in-memory image, whole or each box of ``regions``; every crop gets the stain colours of the whole
     image, as the blocks of a slide get the slide's. ``kept`` receives each crop as it finishes (a cancelled run
     keeps them)."""
+    from ..analysis.tissue import image_stain_stats
     from ..engine.jobs import normalizes_stain, segment_image
-    from ..io.tissue import image_stain_stats
 
     image = np.asarray(image)
     h, w = image.shape[:2]

@@ -18,7 +18,7 @@ the distillation term of the kept ones, each a mean over its own pixels, so that
 much as the rest of the image whatever their share of its pixels. Why soft targets and not the starting model's
 hard labels: docs/fine-tuning.md.
 
-Validation (:func:`review_metrics`) runs on the corrected images themselves (the only ones the user judged), on
+Validation (:func:`.review.review_metrics`) runs on the corrected images themselves (the only ones the user judged), on
 the model's grid with its stain target as inference sees them: the share of reviewed cells whose type agrees
 with the user's (trained and held-aside cells apart), and the share of the untouched pixels whose kind
 (background, cell, boundary) changed from the starting model's (``untouched_changed``; cells whose type changed
@@ -30,25 +30,20 @@ error (:func:`collapse_problems`).
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from ..analysis.opening import open_labels
 from ..analysis.stain_stats import LabStats
-from ..classes import BACKGROUND, BOUNDARY, CLASS_NAMES, NON_TUMOR, NUM_CLASSES, TUMOR
+from ..classes import BACKGROUND, BOUNDARY, NON_TUMOR, TUMOR
 from ..engine.resolution import plan_resolution, rgb_to_compute
-from ..fileio import atomic_write, json_safe
-from .data import Sample
 from .loss import weighted_cross_entropy
 from .point_targets import CELL_ANY, IGNORE
 from .point_training import normalize_stain
+from .samples import Sample
 
 #: Target code base: ``KEEP + c`` = "not reviewed; the starting model said class c" (held close to it).
 KEEP = 8
@@ -61,10 +56,6 @@ MIN_CELLS_TO_HOLD = 5
 #: :func:`distillation_loss`).
 DEFAULT_KEEP_WEIGHT = 0.5
 DEFAULT_KEEP_TYPES = 0.0
-#: A class whose predicted share of the corrected images falls below this fraction of the starting model's has
-#: disappeared (only classes the starting model gave at least MIN_CLASS_SHARE of the pixels).
-COLLAPSE_FRACTION = 0.25
-MIN_CLASS_SHARE = 0.002
 
 #: Fine-tuning defaults (the Train widget's and the benchmark's): see the step-size table in docs/fine-tuning.md
 #: (benchmarks/bench_finetune_steps.py): RMSprop's first steps at 1e-4 re-typed 70% of the pixels of its own batch.
@@ -115,7 +106,7 @@ def resample_sample(sample: Sample, model_mpp: float | None) -> Sample:
 
 
 #: Class -> kind of pixel for the untouched-pixel change: background, cell (either type), boundary.
-_KIND = np.array([0, 1, 1, 3], dtype=np.uint8)
+PIXEL_KIND = np.array([0, 1, 1, 3], dtype=np.uint8)
 
 
 def held_regions(reviewed: np.ndarray, seed: int, name: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +189,7 @@ def correction_loss(
     decided = teacher_logits.detach()
     if logit_bias is not None:
         decided = decided + logit_bias.to(decided.dtype).view(1, -1, 1, 1)
-    kind_of = torch.as_tensor(_KIND, device=codes.device, dtype=torch.long)
+    kind_of = torch.as_tensor(PIXEL_KIND, device=codes.device, dtype=torch.long)
     same_kind = taught & (kind_of[decided.argmax(dim=1)] == kind_of[safe])
     type_only = same_kind & ((safe == TUMOR) | (safe == NON_TUMOR))
     learn = (taught & ~same_kind) | type_only
@@ -259,155 +250,3 @@ def distillation_loss(
     if class_weights is not None:
         weights = weights * torch.einsum("bchw,c->bhw", p_t, class_weights.to(p_t.dtype))
     return (per_pixel * weights).sum() / weights.sum().clamp_min(1e-12)
-
-
-def predict_classes(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    device: torch.device,
-    logit_bias: Sequence[float],
-    *,
-    batch_size: int = 8,
-    amp: bool = True,
-    opening_radius: int = 2,
-) -> np.ndarray:
-    """Class labels (H, W) uint8 of an image already on the model's grid and stain, as validation decides them
-    (256 px windows blended as the engine does, the card's logit bias, the opening)."""
-    from .evaluate import _windowed_probabilities
-
-    model.eval()
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255).to(device)
-    with torch.inference_mode():
-        probs = _windowed_probabilities(model, pixels, batch_size, logit_bias, amp)
-    return open_labels(probs.argmax(dim=0).to(torch.uint8).cpu().numpy(), opening_radius)
-
-
-def _region_agreement(image: ReviewedImage, pred: np.ndarray, ids: np.ndarray) -> tuple[int, int]:
-    """(agreeing, total) reviewed regions among ``ids``: a region the user left with cell pixels agrees when the
-    prediction keeps at least a quarter of them as cells and their majority type is the user's; a region the
-    user left without cells (an erased false cell) agrees when under a quarter of it is predicted cell."""
-    if not len(ids):
-        return 0, 0
-    n = int(image.regions.max())
-    r = image.regions.ravel()
-
-    def count(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(r, weights=mask.ravel(), minlength=n + 1)
-
-    area = np.bincount(r, minlength=n + 1).astype(np.float64)
-    true_t, true_n = count(image.labels == TUMOR), count(image.labels == NON_TUMOR)
-    pred_t, pred_n = count(pred == TUMOR), count(pred == NON_TUMOR)
-    true_cell, pred_cell = true_t + true_n, pred_t + pred_n
-    agree = 0
-    for k in ids:
-        if true_cell[k] > 0:
-            same_type = (pred_t[k] >= pred_n[k]) == (true_t[k] >= true_n[k])
-            agree += int(pred_cell[k] >= 0.25 * true_cell[k] and pred_cell[k] > 0 and same_type)
-        else:
-            agree += int(pred_cell[k] < 0.25 * area[k])
-    return agree, len(ids)
-
-
-def review_metrics(
-    model: torch.nn.Module,
-    review: Sequence[ReviewedImage],
-    device: torch.device,
-    logit_bias: Sequence[float],
-    *,
-    reference: Sequence[np.ndarray] | None = None,
-    batch_size: int = 8,
-    amp: bool = True,
-    opening_radius: int = 2,
-) -> tuple[dict, list[np.ndarray]]:
-    """Agreement with the user's corrections and change elsewhere (module doc); returns the metrics and the
-    predictions (pass the starting model's as ``reference`` to measure the change on untouched pixels)."""
-    preds: list[np.ndarray] = []
-    agree = total = held_agree = held_total = 0
-    right = reviewed_px = changed = untouched = retyped = cells_kept = 0
-    class_px = np.zeros(NUM_CLASSES, dtype=np.int64)
-    for i, item in enumerate(review):
-        pred = predict_classes(
-            model, item.image, device, logit_bias, batch_size=batch_size, amp=amp, opening_radius=opening_radius
-        )
-        preds.append(pred)
-        ids = np.arange(1, int(item.regions.max()) + 1)
-        trained = ids[~np.isin(ids, item.held_ids)]
-        a, t = _region_agreement(item, pred, trained)
-        agree, total = agree + a, total + t
-        a, t = _region_agreement(item, pred, item.held_ids)
-        held_agree, held_total = held_agree + a, held_total + t
-        right += int((pred[item.reviewed] == item.labels[item.reviewed]).sum())
-        reviewed_px += int(item.reviewed.sum())
-        if reference is not None:
-            outside = ~item.reviewed
-            # What a cell is and where it ends is held; its type may follow the corrections (module doc).
-            now, then = _KIND[pred[outside]], _KIND[reference[i][outside]]
-            changed += int((now != then).sum())
-            untouched += int(outside.sum())
-            both = (now == 1) & (then == 1)
-            retyped += int((pred[outside][both] != reference[i][outside][both]).sum())
-            cells_kept += int(both.sum())
-        class_px += np.bincount(pred.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
-    nan = float("nan")
-    metrics = {
-        "review_images": len(review),
-        "review_cells": total,
-        "review_agreement": agree / total if total else nan,
-        "review_held_cells": held_total,
-        "review_held_agreement": held_agree / held_total if held_total else nan,
-        "review_pixel_accuracy": right / reviewed_px if reviewed_px else nan,
-        "untouched_changed": changed / untouched if untouched else 0.0,
-        "untouched_retyped": retyped / cells_kept if cells_kept else 0.0,
-        "class_share": (class_px / max(int(class_px.sum()), 1)).tolist(),
-    }
-    judged = metrics["review_held_agreement"] if held_total else metrics["review_agreement"]
-    metrics["review_score"] = float(np.nanmean([judged, 1 - metrics["untouched_changed"]]))
-    return metrics, preds
-
-
-def collapse_problems(metrics: dict, baseline: dict) -> list[str]:
-    """Why an epoch must not become best: a class the starting model found has (nearly) disappeared, or the
-    held-aside agreement fell below the starting model's."""
-    problems = []
-    before, after = baseline.get("class_share"), metrics.get("class_share")
-    if before and after:
-        for c in range(NUM_CLASSES):
-            if c != BACKGROUND and before[c] >= MIN_CLASS_SHARE and after[c] < COLLAPSE_FRACTION * before[c]:
-                problems.append(
-                    f"class {CLASS_NAMES[c]} nearly disappeared from the corrected images "
-                    f"({100 * after[c]:.2f}% of pixels, {100 * before[c]:.2f}% before fine-tuning)"
-                )
-    held0, held1 = baseline.get("review_held_agreement"), metrics.get("review_held_agreement")
-    n = int(metrics.get("review_held_cells") or 0)
-    # A fall of a cell or two among a few dozen held-aside cells is noise: refused beyond one standard error.
-    tolerance = math.sqrt(held0 * (1 - held0) / n) if n and held0 is not None and math.isfinite(held0) else 0.0
-    ok = held0 is not None and held1 is not None and math.isfinite(held0) and math.isfinite(held1)
-    if ok and held1 < held0 - max(tolerance, 1e-9):
-        problems.append(f"agreement on the held-aside corrected cells fell from {held0:.3f} to {held1:.3f}")
-    return problems
-
-
-def write_review_log(run_dir: str | Path, before: dict, epochs: list[dict]) -> Path:
-    """``RUN_DIR/review.json``: the starting model's review metrics and every epoch's."""
-    path = Path(run_dir) / "review.json"
-    atomic_write(path, (json.dumps(json_safe({"before": before, "epochs": epochs}), indent=2) + "\n").encode())
-    return path
-
-
-def format_review(metrics: dict, before: dict | None = None) -> str:
-    """One line on the corrections for a status display ("" without review metrics)."""
-    if "review_agreement" not in metrics:
-        return ""
-
-    def pct(value) -> str:
-        return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.0f}%"
-
-    text = (
-        f"corrected cells agreeing: {pct(metrics['review_agreement'])} trained, "
-        f"{pct(metrics['review_held_agreement'])} held aside; untouched pixels changed: "
-        f"{100 * metrics['untouched_changed']:.1f}%"
-    )
-    before = before or metrics.get("review_before")
-    if before:
-        text += f" (before: {pct(before.get('review_agreement'))}, {pct(before.get('review_held_agreement'))})"
-    return text

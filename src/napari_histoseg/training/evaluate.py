@@ -28,8 +28,8 @@ from ..engine.device import autocast_for
 from ..engine.predictor import BlockPredictor, logit_bias_tensor
 from ..engine.stain_transform import ReinhardNormalizer
 from ..fileio import json_safe
-from .data import Sample
-from .dataset import EvalDataset
+from .patch_datasets import EvalDataset
+from .samples import Sample
 
 log = logging.getLogger(__name__)
 

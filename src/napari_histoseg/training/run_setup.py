@@ -20,13 +20,14 @@ from ..engine.device import select_device
 from ..fileio import atomic_write
 from ..model.checkpoint import ModelCard, finetune_config, load_matching_weights, read_card
 from ..model.resunetpp import ModelConfig, ResUNetPlusPlus, build_model
+from .class_weights import weights_from_counts
 from .config import TrainConfig, TrainConfigError
 from .corrections import ReviewedImage, prepare_samples
-from .data import load_pairs, pooled_stain_stats, weights_from_counts
-from .dataset import PatchDataset, default_num_workers, make_loader
 from .optim import make_optimizer, trainable_parameters
+from .patch_datasets import PatchDataset, default_num_workers, make_loader
 from .point_training import PointData, load_point_data, patch_share_weights
 from .run_folder import LAST, STATE, config_differences, load_state, read_metrics_csv, restore_optimizer, write_csv
+from .samples import load_pairs, pooled_stain_stats
 from .splits import split_data
 
 

@@ -40,14 +40,15 @@ from ..fileio import json_safe
 from ..model.checkpoint import card_for, save_checkpoint
 from ..model.resunetpp import count_parameters
 from .config import TrainConfig, TrainConfigError
-from .corrections import collapse_problems, correction_loss, review_metrics, write_review_log
-from .data import pooled_stain_stats
+from .corrections import correction_loss
 from .events import EpochEvent, StepEvent, TrainEvent, TrainResult, TrainStart
 from .loss import weighted_cross_entropy
 from .optim import freeze_batchnorm, logit_adjustment, lr_factor
 from .point_training import validate_points
+from .review import collapse_problems, review_metrics, write_review_log
 from .run_folder import BEST, LAST, csv_row, hold_interrupts, read_metrics_csv, save_state, write_csv
 from .run_setup import RunSetup, build_start_model, setup_run
+from .samples import pooled_stain_stats
 from .selection import selection_score
 from .splits import split_data
 from .validation import validate_model
