@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    from ..training.config import TrainConfig
+    from ..training.config import TRAINABLE, TrainConfig
 
     defaults = TrainConfig(train_dir="", out="")
     p = sub.add_parser("train", help="train or fine-tune a model on folder pairs (input/x.png + gt/x_gt.png)")
@@ -114,8 +114,20 @@ def _add_train(sub) -> None:
         "--keep-weight",
         type=float,
         default=defaults.keep_weight,
-        help="corrected pairs (reviewed/<name>.png): weight of the term holding the unreviewed pixels at the "
-        "starting model's classes (0 = ignore them; docs/fine-tuning.md)",
+        help="corrected pairs (reviewed/<name>.png): weight of the term holding the unreviewed pixels at a frozen "
+        "copy of the starting model's output (0 = ignore them; docs/fine-tuning.md)",
+    )
+    p.add_argument(
+        "--keep-types",
+        type=float,
+        default=defaults.keep_types,
+        help="how much that term holds the unreviewed cells' types too (0 = only where cells are and end; 1 = all)",
+    )
+    p.add_argument(
+        "--trainable",
+        choices=TRAINABLE,
+        default=defaults.trainable,
+        help="train all layers, only the decoder side, or only the head (default: all)",
     )
     pts = p.add_argument_group("point-labelled data (input/<name>.png + points/<name>.csv with y,x,class)")
     pts.add_argument("--points", dest="points_dirs", action="append", metavar="DIR", help="train on it too")
