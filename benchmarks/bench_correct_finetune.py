@@ -140,7 +140,7 @@ def consep_scores(folder: Path, checkpoint: str) -> dict:
     return {k: m.get(k) for k in ("detection_f1", "type_f1_tumor", "type_f1_non_tumor")}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA / "brca-m2c" / "train")
     parser.add_argument("--consep", type=Path, default=DATA / "consep" / "val")
@@ -177,7 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
         args.consep_images = args.consep_images or 1
         WIDGET_DEFAULTS["batch_size"] = 2
 
-    t0 = time.perf_counter()
+    return args
+
+
+def choose_images(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The images of the site to correct and those to score, in a seeded random order."""
     names = site_images(args.data, args.site)
     order = np.random.default_rng(args.seed).permutation(len(names))
     chosen = [names[i] for i in order]
@@ -185,18 +189,16 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"site {args.site} has {len(chosen)} images; need {args.corrected + args.held}")
     corrected_names, held_names = chosen[: args.corrected], chosen[args.corrected : args.corrected + args.held]
 
-    work = args.out or Path(tempfile.mkdtemp(prefix="histoseg-correct-"))
-    work.mkdir(parents=True, exist_ok=True)
-    source = args.data
-    if args.crop:
-        source = crop_folder(args.data, corrected_names + held_names, work / "cropped", args.crop)
-    held_dir = link_subset(source, held_names, work / "held", ("input", "points"), {"input": ".png", "points": ".csv"})
+    return corrected_names, held_names
 
+
+def make_pairs(args: argparse.Namespace, source: Path, names: list[str], work: Path) -> tuple[Path, dict]:
+    """Segment, correct and save each image as the Train widget's pair (reused from ``work`` on a rerun)."""
     settings = InferenceSettings()
     model, card = load_model(None)
     pairs = work / "pairs"
     corrections = cached(work / "corrections.json") or {}
-    for k, name in enumerate(corrected_names):
+    for k, name in enumerate(names):
         if name in corrections:  # a rerun with the same --out reuses the pairs it saved
             continue
         image = read_image(source / "input" / f"{name}.png")
@@ -207,17 +209,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"corrected {name}: {counts}", file=sys.stderr)
         (work / "corrections.json").write_text(json.dumps(corrections))
 
-    consep = args.consep
-    if args.consep_images:
-        stems = sorted(p.stem for p in (consep / "input").iterdir())[: args.consep_images]
-        consep = link_subset(consep, stems, work / "consep", ("input", "gt"), {"input": ".png", "gt": "_gt.png"})
+    return pairs, corrections
 
-    init = str(default_model_path())
-    before = cached(work / "held_before.json") or point_scores(held_dir, None, settings)
-    (work / "held_before.json").write_text(json.dumps(before))
-    skip = {"detection_f1": None}
-    consep_before = skip if args.skip_consep else (cached(work / "consep_before.json") or consep_scores(consep, init))
-    (work / "consep_before.json").write_text(json.dumps(consep_before))
+
+def candidate_options(args: argparse.Namespace) -> list[dict]:
+    """The fine-tuning options to run: the defaults (with overrides), then each ``--compare``."""
     candidates = [dict(FINETUNE_DEFAULTS)]
     for key in ("optimizer", "lr", "warmup", "keep_weight", "keep_types", "trainable"):
         if getattr(args, key) is not None:
@@ -232,82 +228,118 @@ def main(argv: list[str] | None = None) -> dict:
     if args.only_compare:
         candidates = candidates[1:]
 
-    def delta(a, b):
-        return None if a is None or b is None else round(b - a, 4)
+    return candidates
 
-    runs = []
-    for k, options in enumerate(candidates):
-        run_dir = work / f"run{k}"
-        if run_dir.exists():  # a rerun: a fresh run folder
-            run_dir = work / f"run{k}-{time.strftime('%H%M%S')}"
-        config = TrainConfig(
-            train_dir=str(pairs),
-            out=str(run_dir),
-            init=init,
-            val_fraction=WIDGET_DEFAULTS["val_fraction"],
-            epochs=args.epochs,
-            batch_size=WIDGET_DEFAULTS["batch_size"],
-            patch=WIDGET_DEFAULTS["patch"],
-            num_workers=WIDGET_DEFAULTS["num_workers"],
-            max_steps=args.max_steps,
-            samples_per_epoch=args.samples_per_epoch,
-            seed=args.seed,
-            **options,
-        )
-        t_train = time.perf_counter()
-        result = run_training(config, on_event=show)
-        train_seconds = time.perf_counter() - t_train
-        review = json.loads((Path(result.run_dir) / "review.json").read_text())
-        after_ckpt = result.best_checkpoint
-        after = point_scores(held_dir, after_ckpt, settings)
-        consep_after = skip if args.skip_consep else consep_scores(consep, after_ckpt)
-        best_review = review["before"] if result.best_epoch == 0 else review["epochs"][result.best_epoch - 1]
-        last_review = review["epochs"][-1] if review["epochs"] else review["before"]
-        lost = [
-            name for c, name in ((1, "tumor"), (2, "non-tumor"), (3, "boundary"))
-            if review["before"]["class_share"][c] > 0 and best_review["class_share"][c] == 0
-        ]  # fmt: skip
-        change = {
-            "tumor_type_f1": delta(before["type_f1_tumor"], after["type_f1_tumor"]),
-            "cellularity_mae": delta(before["cellularity_mae"], after["cellularity_mae"]),
-            "consep_detection_f1": delta(consep_before["detection_f1"], consep_after["detection_f1"]),
+
+def delta(a, b):
+    return None if a is None or b is None else round(b - a, 4)
+
+
+def fine_tune_and_score(k: int, options: dict, args: argparse.Namespace, ctx: dict) -> dict:
+    """One fine-tune with ``options`` on the pairs, scored on the held images and CoNSeP val."""
+    work, pairs, init, held_dir, consep = ctx["work"], ctx["pairs"], ctx["init"], ctx["held_dir"], ctx["consep"]
+    settings, before, consep_before, skip = ctx["settings"], ctx["before"], ctx["consep_before"], ctx["skip"]
+    run_dir = work / f"run{k}"
+    if run_dir.exists():  # a rerun: a fresh run folder
+        run_dir = work / f"run{k}-{time.strftime('%H%M%S')}"
+    config = TrainConfig(
+        train_dir=str(pairs),
+        out=str(run_dir),
+        init=init,
+        val_fraction=WIDGET_DEFAULTS["val_fraction"],
+        epochs=args.epochs,
+        batch_size=WIDGET_DEFAULTS["batch_size"],
+        patch=WIDGET_DEFAULTS["patch"],
+        num_workers=WIDGET_DEFAULTS["num_workers"],
+        max_steps=args.max_steps,
+        samples_per_epoch=args.samples_per_epoch,
+        seed=args.seed,
+        **options,
+    )
+    t_train = time.perf_counter()
+    result = run_training(config, on_event=show)
+    train_seconds = time.perf_counter() - t_train
+    review = json.loads((Path(result.run_dir) / "review.json").read_text())
+    after_ckpt = result.best_checkpoint
+    after = point_scores(held_dir, after_ckpt, settings)
+    consep_after = skip if args.skip_consep else consep_scores(consep, after_ckpt)
+    best_review = review["before"] if result.best_epoch == 0 else review["epochs"][result.best_epoch - 1]
+    last_review = review["epochs"][-1] if review["epochs"] else review["before"]
+    lost = [
+        name for c, name in ((1, "tumor"), (2, "non-tumor"), (3, "boundary"))
+        if review["before"]["class_share"][c] > 0 and best_review["class_share"][c] == 0
+    ]  # fmt: skip
+    change = {
+        "tumor_type_f1": delta(before["type_f1_tumor"], after["type_f1_tumor"]),
+        "cellularity_mae": delta(before["cellularity_mae"], after["cellularity_mae"]),
+        "consep_detection_f1": delta(consep_before["detection_f1"], consep_after["detection_f1"]),
+    }
+    entry = {
+        "config": {
+            key: getattr(config, key)
+            for key in (
+                "optimizer",
+                "lr",
+                "warmup",
+                "keep_weight",
+                "keep_types",
+                "trainable",
+                "epochs",
+                "batch_size",
+                "patch",
+            )
         }
-        runs.append(
-            {
-                "config": {
-                    key: getattr(config, key)
-                    for key in (
-                        "optimizer",
-                        "lr",
-                        "warmup",
-                        "keep_weight",
-                        "keep_types",
-                        "epochs",
-                        "batch_size",
-                        "patch",
-                    )
-                }
-                | {"max_steps": args.max_steps, "samples_per_epoch": args.samples_per_epoch},
-                "best_epoch": result.best_epoch,
-                "epochs_done": result.epochs_done,
-                "train_seconds": round(train_seconds, 1),
-                "review_before": review["before"],
-                "review_best": best_review,
-                "review_last": last_review,
-                "held_after": after,
-                "consep_after": consep_after,
-                "change": change,
-                "classes_lost": lost,
-                "targets_met": {
-                    "tumor_type_f1_up_0.10": change["tumor_type_f1"] is not None and change["tumor_type_f1"] >= 0.10,
-                    "no_class_lost": not lost and after["tumor_cells"] > 0 and after["non_tumor_cells"] > 0,
-                    "consep_detection_f1_down_at_most_0.02": change["consep_detection_f1"] is not None
-                    and change["consep_detection_f1"] >= -0.02,
-                },
-            }
-        )
-        print(f"run {k} {options}: {change}", file=sys.stderr)
+        | {"max_steps": args.max_steps, "samples_per_epoch": args.samples_per_epoch},
+        "best_epoch": result.best_epoch,
+        "epochs_done": result.epochs_done,
+        "train_seconds": round(train_seconds, 1),
+        "review_before": review["before"],
+        "review_best": best_review,
+        "review_last": last_review,
+        "held_after": after,
+        "consep_after": consep_after,
+        "change": change,
+        "classes_lost": lost,
+        "targets_met": {
+            "tumor_type_f1_up_0.10": change["tumor_type_f1"] is not None and change["tumor_type_f1"] >= 0.10,
+            "no_class_lost": not lost and after["tumor_cells"] > 0 and after["non_tumor_cells"] > 0,
+            "consep_detection_f1_down_at_most_0.02": change["consep_detection_f1"] is not None
+            and change["consep_detection_f1"] >= -0.02,
+        },
+    }
+    print(f"run {k} {options}: {change}", file=sys.stderr)
+    return entry
 
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    corrected_names, held_names = choose_images(args)
+    work = args.out or Path(tempfile.mkdtemp(prefix="histoseg-correct-"))
+    work.mkdir(parents=True, exist_ok=True)
+    source = args.data
+    if args.crop:
+        source = crop_folder(args.data, corrected_names + held_names, work / "cropped", args.crop)
+    held_dir = link_subset(source, held_names, work / "held", ("input", "points"), {"input": ".png", "points": ".csv"})
+
+    pairs, corrections = make_pairs(args, source, corrected_names, work)
+    settings = InferenceSettings()
+    consep = args.consep
+    if args.consep_images:
+        stems = sorted(p.stem for p in (consep / "input").iterdir())[: args.consep_images]
+        consep = link_subset(consep, stems, work / "consep", ("input", "gt"), {"input": ".png", "gt": "_gt.png"})
+
+    init = str(default_model_path())
+    before = cached(work / "held_before.json") or point_scores(held_dir, None, settings)
+    (work / "held_before.json").write_text(json.dumps(before))
+    skip = {"detection_f1": None}
+    consep_before = skip if args.skip_consep else (cached(work / "consep_before.json") or consep_scores(consep, init))
+    (work / "consep_before.json").write_text(json.dumps(consep_before))
+    ctx = {
+        "work": work, "pairs": pairs, "init": init, "held_dir": held_dir, "consep": consep, "settings": settings,
+        "before": before, "consep_before": consep_before, "skip": skip,
+    }  # fmt: skip
+    runs = [fine_tune_and_score(k, options, args, ctx) for k, options in enumerate(candidate_options(args))]
     figures = {
         "site": args.site,
         "corrected_images": corrected_names,

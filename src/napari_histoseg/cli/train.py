@@ -129,15 +129,17 @@ def _add_train(sub) -> None:
         default=defaults.trainable,
         help="train all layers, only the decoder side, or only the head (default: all)",
     )
+    _add_point_options(p, defaults.points_share)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_point_options(p: argparse.ArgumentParser, points_share: float) -> None:
     pts = p.add_argument_group("point-labelled data (input/<name>.png + points/<name>.csv with y,x,class)")
     pts.add_argument("--points", dest="points_dirs", action="append", metavar="DIR", help="train on it too")
     pts.add_argument("--points-val", metavar="DIR", help="score it at every validation (joins the selection score)")
     pts.add_argument("--points-mpp", type=float, help="um/px of the point folders (default: their points.json)")
     pts.add_argument("--tumor-classes", type=int, nargs="+", help="point classes that are tumor (BRCA-M2C: 2)")
     pts.add_argument("--exclude-sites", nargs="+", metavar="SITE", help="TCGA site codes to keep out of training")
-    pts.add_argument(
-        "--points-share", type=float, default=defaults.points_share, help="share of patches from point folders"
-    )
+    pts.add_argument("--points-share", type=float, default=points_share, help="share of patches from point folders")
     pts.add_argument("--teacher", help="checkpoint whose cells the points type (default: --init, else bundled)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.set_defaults(func=cmd_train)
