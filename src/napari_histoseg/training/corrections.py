@@ -54,7 +54,7 @@ MIN_CELLS_TO_HOLD = 5
 #: Weight of the term that holds the unreviewed pixels at the starting model's output (1 = as much as the
 #: corrections), and how much of it holds their cell types too (0: where cells are and end only; see
 #: :func:`distillation_loss`).
-DEFAULT_KEEP_WEIGHT = 0.5
+DEFAULT_KEEP_WEIGHT = 2.0
 DEFAULT_KEEP_TYPES = 0.0
 
 #: Fine-tuning defaults (the Train widget's and the benchmark's): see the step-size table in docs/fine-tuning.md
