@@ -163,13 +163,15 @@ class _Run:
         with hold_interrupts():
             self.best_path = self.save_model(BEST, 0, base, self.progress.best_score)
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return training_autocast(self.setup.device) if self.config.amp else contextlib.nullcontext()
+
     def step_loss(self, images: torch.Tensor, labels: torch.Tensor, border: list) -> torch.Tensor:
         s, config = self.setup, self.config
-        autocast = training_autocast(s.device) if config.amp else contextlib.nullcontext()
-        with autocast:
+        with self.autocast():
             logits = s.model(images)
         if self.teacher is not None:
-            with torch.no_grad(), training_autocast(s.device) if config.amp else contextlib.nullcontext():
+            with torch.no_grad(), self.autocast():
                 teacher_logits = self.teacher(images)
             return correction_loss(
                 logits.float(), labels, self.weights_t, teacher_logits.float(), config.keep_weight, config.keep_types,
