@@ -157,13 +157,30 @@ def test_slide_region_gives_a_lazy_multiscale_layer(make_napari_viewer, qtbot, t
     assert level0[1200:1600, 1000:1400].any() and not level0[:, :512].any() and not level0[:1024].any()
     assert sum(labels.metadata["class_counts"].values()) == 4 * 512 * 512
     assert labels.colormap.map(np.array([0, 1]))[:, 3].tolist() == [0, 1]
-    # Segmenting the view next resumes the same store into the same layer.
+    # Segmenting the view next computes the tiles under it only, into a layer of its own placed over the slide;
+    # the slide's result (its store and layer) is kept as it was.
     widget.extent.value = "current view"
-    viewer.scene.camera.center = (0, 100 * image.scale[0], 100 * image.scale[1])
-    viewer.scene.camera.zoom = viewer.canvas.size[0] / (300 * image.scale[0])
+    viewer.scene.camera.center = (0, 300 * image.scale[0], 300 * image.scale[1])
+    viewer.scene.camera.zoom = viewer.canvas.size[0] / (200 * image.scale[0])
+    visible = L.visible_box(viewer, image)
+    assert "rounded to 128 px tiles" in widget.view_note.value
     _run(qtbot, widget)
-    assert widget.last_layer is labels and len(viewer.layers) == 3
-    assert (0, 0) in store.done_blocks()
+    view = widget.last_layer
+    assert view is not labels and view.name == f"{image.name} view segmentation" and not view.multiscale
+    assert labels in viewer.layers and len(viewer.layers) == 4 and len(store.done_blocks()) == 4
+    meta = view.metadata[L.VIEW_KEY]
+    oy, ox = meta["origin"]
+    h, w = view.data.shape
+    assert meta["level"] == 0 and oy % 128 == 0 and ox % 128 == 0 and h % 128 == 0 and w % 128 == 0
+    assert oy <= visible[0] < visible[2] <= oy + h and ox <= visible[1] < visible[3] <= ox + w
+    assert h < 512 and w < 512  # not the 512 px blocks a store run computes
+    np.testing.assert_allclose(view.translate, np.asarray(image.translate) + np.asarray(image.scale) * (oy, ox))
+    np.testing.assert_allclose(view.scale, image.scale)
+    assert view.data.any() and sum(view.metadata["class_counts"].values()) == h * w
+    # A training pair cut from the view layer takes the slide's pixels under it.
+    pixels, classes = L.pair_arrays(image, view, (0, 0, 64, 64))
+    np.testing.assert_array_equal(pixels, np.asarray(image.data[0][oy : oy + 64, ox : ox + 64]))
+    np.testing.assert_array_equal(classes, view.data[:64, :64])
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from napari_histoseg.io.store import LabelStore
 
 Box = tuple[int, int, int, int]  # level-0 pixels of the image layer: y0, x0, y1, x1
 SOURCE_KEY = "histoseg_source"  # Labels metadata: name of the image layer it segments
+VIEW_KEY = "histoseg_view"  # Labels metadata of a slide's view result: {"level": k, "origin": [y0, x0]} (level px)
 OUTLINE_PX = 1  # contour width of the "outlines" display
 
 
@@ -64,6 +65,15 @@ def _geometry(image: Image, downsample: float = 1.0) -> dict:
     }
 
 
+def view_geometry(image: Image, origin: Sequence[int], downsample: float) -> dict:
+    """Labels keyword arguments that put a crop of a pyramid level (``downsample`` level-0 px per px) starting at
+    ``origin`` (level px) over ``image``."""
+    geometry = _geometry(image, downsample)
+    scale = np.asarray(image.scale[-2:], float)
+    geometry["translate"] = tuple(np.asarray(geometry["translate"]) + scale * downsample * np.asarray(origin, float))
+    return geometry
+
+
 def store_layer_data(store: LabelStore, image: Image) -> tuple[list, dict]:
     """Multiscale data (zarr levels) and Labels keyword arguments for a slide result shown over ``image``."""
     downsample = float(store.info.get("downsample", 1.0))
@@ -72,13 +82,19 @@ def store_layer_data(store: LabelStore, image: Image) -> tuple[list, dict]:
     return data, kwargs
 
 
-def find_result_layer(viewer, image: Image) -> Labels | None:
+def find_result_layer(viewer, image: Image, *, view: bool = False) -> Labels | None:
     """The Labels layer holding an earlier result for ``image``, if any; never one the user has edited (its
-    corrections are kept: a new result goes to a new layer)."""
+    corrections are kept: a new result goes to a new layer). ``view``: an earlier view result of a slide (a view
+    and the slide's whole result never replace each other)."""
     from .edits import was_edited
 
     for layer in reversed(viewer.layers):
-        if isinstance(layer, Labels) and layer.metadata.get(SOURCE_KEY) == image.name and not was_edited(layer):
+        if (
+            isinstance(layer, Labels)
+            and layer.metadata.get(SOURCE_KEY) == image.name
+            and (VIEW_KEY in layer.metadata) == view
+            and not was_edited(layer)
+        ):
             return layer
     return None
 
@@ -109,7 +125,8 @@ def show_labels(
     metadata = {**metadata, SOURCE_KEY: image.name}
     if not geometry:
         geometry = _geometry(image)
-    layer = find_result_layer(viewer, image) if replace else None
+    view = VIEW_KEY in metadata
+    layer = find_result_layer(viewer, image, view=view) if replace else None
     if layer is None and replace:
         from napari.utils.notifications import show_info
 
@@ -132,7 +149,7 @@ def show_labels(
         viewer.layers.remove(layer)
     else:
         index = None
-    name = f"{image.name} segmentation"
+    name = f"{image.name} {'view ' if view else ''}segmentation"
     new = Labels(
         data,
         name=name,
@@ -254,6 +271,10 @@ def pair_arrays(image: Image, labels: Labels, box: Box | None = None) -> tuple[n
     shape = (int(grid.shape[-2]), int(grid.shape[-1]))
     levels = list(image.data) if image.multiscale else [image.data]
     level = next((lv for lv in levels if (int(lv.shape[0]), int(lv.shape[1])) == shape), None)
+    view = labels.metadata.get(VIEW_KEY)
+    if view is not None and view["level"] < len(levels):  # a crop of a level: read the image under it
+        oy, ox = view["origin"]
+        level = levels[view["level"]][oy : oy + shape[0], ox : ox + shape[1]]
     if level is None:
         raise RegionError(
             f"labels {labels.name!r} ({shape[0]} x {shape[1]} px) match no level of image {image.name!r} "

@@ -56,6 +56,15 @@ def image_tiles(boxes, card, request) -> int:
     return total
 
 
+def view_tiles(slide, card, request) -> int:
+    """Tiles a view run (``request.view``) of ``slide`` computes."""
+    from napari_histoseg.jobs.view import view_plan_of_slide
+
+    plan = view_plan_of_slide(slide, request.view, card.mpp, request.settings.tile, request.mpp)
+    y0, x0, y1, x1 = plan.box
+    return sum(count_tiles((y1 - y0, x1 - x0), request.settings, plan.factor).values())
+
+
 def area_text(height_um: float | None, width_um: float | None, height_px: int, width_px: int) -> str:
     """ "1.20 x 0.85 mm (2,400 x 1,700 px)"; pixels alone when the resolution is unknown."""
     px = f"{height_px:,} x {width_px:,} px"

@@ -22,6 +22,7 @@ from napari_histoseg.io.store import LabelStore
 from napari_histoseg.jobs.measure import readout_job
 from napari_histoseg.jobs.progress import Progress
 from napari_histoseg.jobs.segment import SlideRequest, is_store, segment_array_job, segment_slide_job
+from napari_histoseg.jobs.view import ViewOutcome, segment_view_job
 
 from .job_hooks import cancel_on_forward, count_on_forward
 from .job_meter import JobMeter
@@ -42,6 +43,7 @@ class SegmentRequest:
     mpp: float | None = None  # microns per level-0 pixel: the file's, the user's or an estimate; None: unknown
     scheduler: str | None = None  # slides: run the blocks on this dask scheduler (address or local:N)
     overwrite: bool = False  # slides: replace a store histoseg made with other settings
+    view: Box | None = None  # slides: the visible level-0 box, segmented in memory rounded to tiles (no store)
 
     def slide_request(self) -> SlideRequest:
         return SlideRequest(
@@ -64,6 +66,7 @@ class SegmentOutcome:
     store_path: Path | None = None
     crops: list[tuple[Box, np.ndarray]] = field(default_factory=list)
     summary: dict | None = None
+    view: ViewOutcome | None = None  # a slide's view, segmented in memory
 
 
 def outcome_from_store(path: Path | None) -> SegmentOutcome | None:
@@ -98,12 +101,14 @@ class _Metered:
 def _tile_total(request: SegmentRequest, card) -> int:
     from napari_histoseg.io.slide import open_slide
 
-    from .run_plan import image_tiles, slide_tiles
+    from .run_plan import image_tiles, slide_tiles, view_tiles
 
     if request.slide_path is None:
         h, w = np.shape(request.image)[:2]
         return image_tiles(request.regions or [(0, 0, h, w)], card, request)
     with open_slide(request.slide_path) as slide:
+        if request.view is not None:
+            return view_tiles(slide, card, request)
         return slide_tiles(slide, card, request)
 
 
@@ -126,6 +131,10 @@ def segment_job(
         if meter is not None:
             meter.phase("segmenting", _tile_total(request, card), "tile")
         metered = _Metered(meter, request.scheduler is not None)
+        if request.view is not None:
+            job = segment_view_job(request.slide_path, request.view, model, card, request.settings, mpp=request.mpp)
+            view = yield from metered(job)
+            return SegmentOutcome(summary=view.summary, view=view)
         if request.slide_path is not None:
             outcome = yield from metered(segment_slide_job(request.slide_request(), model, card))
             done = outcome_from_store(request.out)

@@ -48,6 +48,25 @@ class ResultsMixin:
         )
         return self.last_layer
 
+    def _show_view(self, outcome) -> list[int]:
+        """Show a slide's view result in its own layer, placed over the slide; returns its class counts."""
+        plan = outcome.view.plan
+        origin = [int(plan.box[0]), int(plan.box[1])]
+        counts = L.array_counts(outcome.view.labels)
+        meta = {"class_counts": L.counts_dict(counts), "summary": outcome.summary}
+        meta[L.VIEW_KEY] = {"level": plan.level, "origin": origin}
+        self.last_layer = L.show_labels(
+            self.viewer,
+            self._target,
+            outcome.view.labels,
+            metadata=meta,
+            replace=not self.new_layer.value,
+            multiscale=False,
+            outline=self.outline.value,
+            **L.view_geometry(self._target, origin, plan.downsample),
+        )
+        return counts
+
     def _done(self, request: SegmentRequest, outcome, kept: list) -> None:
         cancelled = isinstance(outcome, Cancelled)
         if cancelled:
@@ -57,7 +76,9 @@ class ResultsMixin:
                 show_info(f"Segmentation of {request.name} cancelled before anything finished")
                 return
         self.last_outcome = outcome
-        if request.out is not None:
+        if outcome.view is not None:
+            counts = self._show_view(outcome)
+        elif request.out is not None:
             counts = outcome.counts
             meta = {"class_counts": L.counts_dict(counts), "summary": outcome.summary}
             self._show_store(request, meta)

@@ -194,13 +194,16 @@ class SegmentWidget(ViewMixin, EstimateMixin, ResultsMixin, Container):
                 "0.25 for 40x) or press Estimate"
             )
         settings = self.controls.settings()
-        regions = self._regions(image)
-        request = SegmentRequest(image.name, self.model.value.path, settings, regions=regions, mpp=mpp)
+        view = self._view_request_box(image)
+        regions = None if view is not None else self._regions(image)
+        request = SegmentRequest(image.name, self.model.value.path, settings, regions=regions, mpp=mpp, view=view)
         if image.multiscale:
             path = image.metadata.get("path")
             if not path:
                 raise ValueError(f"multiscale layer {image.name!r} was not opened from a slide file by napari-histoseg")
             request.slide_path = Path(path)
+            if view is not None:  # segmented in memory, into a layer of its own: no store
+                return request
             request.out = self._store_path(image)
             request.scheduler = self.scheduler.value.strip() or None
             request.overwrite = self.replace.value
