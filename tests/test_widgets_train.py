@@ -148,3 +148,17 @@ def test_pair_from_painted_layers(make_napari_viewer, qtbot, tmp_path) -> None:
     widget.add_pair.clicked.emit()
     assert any("no painted pixels" in m for m in messages)
     assert len(find_pairs(tmp_path / "mine")) == 2
+
+
+def test_fine_tuning_trains_the_decoder_side_unless_told_otherwise(make_napari_viewer, pairs, tmp_path) -> None:
+    from napari_histoseg.training.corrections import FINETUNE_DEFAULTS
+
+    widget = _train_widget(make_napari_viewer(), pairs, tmp_path)
+    widget.lr.value = "auto"
+    assert widget.trainable.value == "auto" and widget.config().trainable == "all"  # from scratch: every layer
+    widget.start_from.value = "default model"
+    config = widget.config()
+    assert config.trainable == FINETUNE_DEFAULTS["trainable"] == "decoder"
+    assert (config.optimizer, config.lr) == (FINETUNE_DEFAULTS["optimizer"], FINETUNE_DEFAULTS["lr"])
+    widget.trainable.value = "all"
+    assert widget.config().trainable == "all"

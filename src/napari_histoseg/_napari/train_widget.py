@@ -23,6 +23,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from napari_histoseg.export_pairs import save_pair, unique_name
+from napari_histoseg.training.config import TRAINABLE
 
 from . import layers as L
 from .edits import review_of_pair
@@ -50,6 +51,8 @@ TIPS = {
     "epochs": "passes over the training images; the best epoch (by validation score) is kept",
     "out_dir": "where the run folder (checkpoints, metrics.csv) is written; default: next to the training folder",
     "lr": "learning rate of the optimiser; auto: 2e-5 with Adam and a warm-up when fine-tuning, 1e-4 from scratch",
+    "trainable": "which layers learn; auto: the decoder side only when fine-tuning (the encoder keeps what it "
+    "learnt, so a few corrections cannot wreck it), every layer from scratch",
     "batch_size": "patches per training step; larger needs more memory",
     "patch": "side of the square patches cut from the training images, in pixels",
     "mpp": "microns per pixel of the training images. Fine-tuning: the model's own resolution unless you know the "
@@ -85,6 +88,7 @@ class TrainWidget(Container):
         self.epochs = SpinBox(label="epochs", min=1, max=10_000, value=20)
         self.out_dir = PathField(label="output folder", mode="d", placeholder="next to the training folder")
         self.lr = LineEdit(label="learning rate", value="auto")
+        self.trainable = ComboBox(label="layers trained", choices=("auto", *TRAINABLE), value="auto")
         self.batch_size = SpinBox(label="batch size", min=1, max=512, value=8)
         self.patch = SpinBox(label="patch (px)", min=64, max=1024, step=32, value=256)
         self.mpp = FloatSpinBox(label="image um/px", min=0.0, max=10.0, step=0.05, value=0.0)
@@ -111,7 +115,7 @@ class TrainWidget(Container):
             ],
             labels=True,
         )  # fmt: skip
-        self.advanced = Section("Advanced", [self.lr, self.batch_size, self.patch, self.device])
+        self.advanced = Section("Advanced", [self.lr, self.trainable, self.batch_size, self.patch, self.device])
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
         self.pairs = Section(
@@ -127,8 +131,8 @@ class TrainWidget(Container):
         self._persisted = {
             "train_dir": self.train_dir, "validation": self.validation, "val_fraction": self.val_fraction,
             "val_dir": self.val_dir, "start_from": self.start_from, "width": self.width_, "epochs": self.epochs,
-            "lr": self.lr, "batch_size": self.batch_size, "patch": self.patch, "device": self.device,
-            "out_dir": self.out_dir, "pairs_dir": self.pairs_dir,
+            "lr": self.lr, "trainable": self.trainable, "batch_size": self.batch_size, "patch": self.patch,
+            "device": self.device, "out_dir": self.out_dir, "pairs_dir": self.pairs_dir,
         }  # fmt: skip
         saved = load_settings(SECTION)
         restore(self._persisted, saved)
@@ -243,9 +247,12 @@ class TrainWidget(Container):
             width = self.width_.value
         out_root = self.out_dir.value or Path(train_dir).parent
         # Fine-tuning: a gentle optimiser with a warm-up (docs/fine-tuning.md); "auto" learning rate: its default.
-        finetune = {k: v for k, v in FINETUNE_DEFAULTS.items() if k != "lr"}
+        finetune = {k: v for k, v in FINETUNE_DEFAULTS.items() if k not in ("lr", "trainable")}
         if lr is None:
             lr = FINETUNE_DEFAULTS["lr"] if init is not None else 1e-4
+        trainable = self.trainable.value
+        if trainable == "auto":
+            trainable = FINETUNE_DEFAULTS.get("trainable", "all") if init is not None else "all"
         use_folder = self.validation.value == "folder"
         return TrainConfig(
             train_dir=train_dir,
@@ -261,6 +268,7 @@ class TrainWidget(Container):
             device=self.device.value,
             model_mpp=self.mpp.value or None,
             num_workers=0,  # no loader processes forked from inside napari
+            trainable=trainable,
             **(finetune if init is not None else {}),
         ).validated()
 
