@@ -225,7 +225,10 @@ class SegmentWidget(ViewMixin, EstimateMixin, ResultsMixin, Container):
         path = folder / f"{safe_name(image.name)}.labels.zarr"
         k = 1
         # A result the user corrected keeps its store too: painting a slide result writes into it.
-        edited = any(lay.metadata.get(L.SOURCE_KEY) == image.name and was_edited(lay) for lay in self.viewer.layers)
+        edited = any(
+            lay.metadata.get(L.SOURCE_KEY) == image.name and L.VIEW_KEY not in lay.metadata and was_edited(lay)
+            for lay in self.viewer.layers
+        )  # a corrected view layer is in memory: the store is not it
         while (self.new_layer.value or edited) and path.exists():
             k += 1
             path = folder / f"{safe_name(image.name)}_{k}.labels.zarr"
