@@ -1,13 +1,13 @@
-"""Estimate an image's resolution (microns per pixel) from the size of its nuclei.
+"""Estimate an image's resolution (microns per pixel) from the image.
 
-A slide that states no resolution would be segmented at the wrong scale. Nuclei have a typical size, so the scale
-can be read off the image: segment a few tissue tiles with the model as if the image were at each of a range of
-resolutions (about 60x to 10x), measure the median nucleus area at each, and take the resolution where it crosses
-the typical area. The typical area is what the bundled model measures at its own resolution on its
-training images (CoNSeP, 0.25 um/px), so the model's own size bias cancels out.
+A slide that states no resolution would be segmented at the wrong scale. :func:`estimate_mpp_job` reads the scale
+with the size model (``engine/scale_regressor.py``, a small CNN trained on CoNSeP and BRCA-M2C train images at
+random resolutions): the median of its log2(um/px) over 128 px crops of a few tissue tiles, with a confidence from
+how far the tiles agree (checked in docs/tuning-log.md, "Resolution estimate").
 
-The estimate's confidence comes from whether the area crossed the typical one at all, how many nuclei were
-measured and how far the tiles (each estimated on its own) agree with each other.
+The earlier estimator, kept as :func:`nucleus_scan_job` for comparison, segments tissue tiles with the bundled
+model as if the image were at each of a range of resolutions (about 60x to 10x) and takes the resolution where the
+median nucleus area crosses what the model measures on its training images (CoNSeP, 0.25 um/px).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from scipy import ndimage as ndi
 from ..classes import NON_TUMOR, TUMOR
 from .infer import InferenceSettings
 from .jobs import segment_image
+from .scale_regressor import CROP, ScaleReading, load_scale_model, tile_logs
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ MIN_NUCLEUS_UM2 = 4.0  # smaller specks are not counted
 TILE_MODEL_PX = 384  # side of a measured tile, in pixels at the model's resolution
 START_MPP = 0.5  # 20x, the commonest scan (tissue tiles are chosen for it)
 SCALES = (0.18, 0.25, 0.35, 0.5, 0.7, 1.0)  # um/px tried: about 60x to 10x
+SIZE_TILE_PX = 2 * CROP  # side of a tissue tile the size model reads (4 crops), in image pixels
+SIZE_MODEL = "size model"
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,15 @@ class MppEstimate:
     nuclei: int
     tiles: int
     spread: float  # relative spread (interquartile range / median) of the per-tile estimates
-    steps: list[float]  # the resolutions tried
+    steps: list[float]  # the resolutions tried (nucleus scan) or each tile's estimate (size model)
+    method: str = "nucleus scan"  # or SIZE_MODEL (nuclei is then 0)
 
     @property
     def text(self) -> str:
         """e.g. "0.49 um/px (confidence high: 412 nuclei on 4 tiles, tiles agree within 6%)"."""
+        what = "size model" if self.method == SIZE_MODEL else f"{self.nuclei:,} nuclei"
         return (
-            f"{self.mpp:.3g} um/px (confidence {self.confidence}: {self.nuclei:,} nuclei on {self.tiles} tiles, "
+            f"{self.mpp:.3g} um/px (confidence {self.confidence}: {what} on {self.tiles} tiles, "
             f"tiles agree within {100 * self.spread:.0f}%)"
         )
 
@@ -138,6 +143,47 @@ def nucleus_areas(labels: np.ndarray, min_px: int) -> np.ndarray:
 
 
 def estimate_mpp_job(
+    image,
+    model: torch.nn.Module | None = None,
+    card=None,
+    *,
+    tiles: int = 8,
+    size_model: torch.nn.Module | None = None,
+    cancel: threading.Event | None = None,
+) -> Generator[EstimateProgress, None, MppEstimate]:
+    """Generator: yields :class:`EstimateProgress` per tile, returns the :class:`MppEstimate` of ``image``.
+
+    ``image``: level 0 (H, W, 3) array-like or a list of pyramid levels. The size model (the bundled one unless
+    ``size_model`` is given) reads up to ``tiles`` tissue tiles of :data:`SIZE_TILE_PX` at the image's own
+    resolution; tiles that a small image clips to the same crop count once. ``model`` and ``card`` (the
+    segmentation model) are not needed: they are accepted so that callers of :func:`nucleus_scan_job` keep working.
+    """
+    size_model = size_model if size_model is not None else load_scale_model()
+    levels = list(image) if isinstance(image, (list, tuple)) else [image]
+    level0 = levels[0]
+    tile_px = min(SIZE_TILE_PX, int(level0.shape[0]), int(level0.shape[1]))  # tiles must fit the image
+    centres = tissue_tile_centres(levels, tiles, tile_px)
+    boxes = {crop_origin(level0.shape, c, tile_px): c for c in centres}
+    logs = []
+    for k, centre in enumerate(boxes.values()):
+        if cancel is not None and cancel.is_set():
+            return None
+        logs.append(tile_logs(read_tile(level0, centre, tile_px), size_model))
+        yield EstimateProgress(k + 1, len(boxes))
+    reading = ScaleReading(logs)
+    confidence = _size_confidence(len(logs), reading.spread)
+    return MppEstimate(reading.mpp, confidence, 0, len(logs), reading.spread, reading.tile_mpps, SIZE_MODEL)
+
+
+def _size_confidence(tiles: int, spread: float) -> str:
+    if tiles >= 4 and spread < 0.15:
+        return "high"
+    if spread < 0.35:
+        return "medium"
+    return "low"
+
+
+def nucleus_scan_job(
     image,
     model: torch.nn.Module,
     card,
@@ -224,9 +270,13 @@ def _confidence(crossed: bool, nuclei: int, spread: float) -> str:
     return "low"
 
 
-def estimate_mpp(image, model: torch.nn.Module, card, **kwargs) -> MppEstimate:
+def estimate_mpp(image, model: torch.nn.Module | None = None, card=None, **kwargs) -> MppEstimate:
     """:func:`estimate_mpp_job` run to the end."""
-    gen = estimate_mpp_job(image, model, card, **kwargs)
+    return run_to_end(estimate_mpp_job(image, model, card, **kwargs))
+
+
+def run_to_end(gen: Generator[EstimateProgress, None, MppEstimate]) -> MppEstimate:
+    """The value a job generator returns, its progress dropped."""
     while True:
         try:
             next(gen)
@@ -235,15 +285,11 @@ def estimate_mpp(image, model: torch.nn.Module, card, **kwargs) -> MppEstimate:
 
 
 def auto_mpp(image, *, stated: float | None = None, name: str = "image") -> float:
-    """``--mpp auto``: the resolution the file states, or else an estimate from the image (logged with its
-    confidence). The nuclei are measured with the bundled model, on which :data:`TYPICAL_NUCLEUS_UM2` was measured.
-    """
+    """``--mpp auto``: the resolution the file states, or else the size model's estimate from the image (logged
+    with its confidence)."""
     if stated:
         log.info("%s: %g um/px, as the file states", name, stated)
         return float(stated)
-    from .jobs import load_model
-
-    model, card = load_model(None)
-    estimate = estimate_mpp(image, model, card)
+    estimate = estimate_mpp(image)
     log.warning("%s states no resolution; estimated %s", name, estimate.text)
     return estimate.mpp
