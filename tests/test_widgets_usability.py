@@ -256,7 +256,7 @@ def test_estimate_button_fills_the_resolution_with_its_confidence(make_napari_vi
 
     given = []
 
-    def fake_job(image, model, card, cancel=None, **_):
+    def fake_job(image, cancel=None, **_):
         given.append(image)
         yield mpp_estimate.EstimateProgress(1, 2)
         yield mpp_estimate.EstimateProgress(2, 2)

@@ -1,4 +1,4 @@
-"""The Segment widget's resolution estimate: the image's microns per pixel from the size of its nuclei."""
+"""The Segment widget's resolution estimate: the image's microns per pixel read by the size model."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class EstimateMixin:
     """Estimate and record an image's resolution; mixed into :class:`~.segment_widget.SegmentWidget`."""
 
     def estimate_resolution(self, _=None) -> None:
-        """Estimate the chosen image's microns per pixel from its nuclei (bundled model) in a worker."""
+        """Estimate the chosen image's microns per pixel (the size model on a few tissue tiles) in a worker."""
         from .segment_job import estimate_job
 
         image = self.image.value
@@ -25,7 +25,7 @@ class EstimateMixin:
             return
         meter = JobMeter()
         self.resolution.estimate.enabled = False
-        self.resolution.note.value = "estimating from the nuclei of a few tissue tiles..."
+        self.resolution.note.value = "estimating from a few tissue tiles..."
         pixels = list(image.data) if image.multiscale else image.data  # pyramid levels, level 0 first
         self.estimator.start(
             lambda cancel: estimate_job(pixels, cancel, meter),

@@ -165,25 +165,18 @@ def measure_job(source: Any, regions: list, mpp: float | None, cancel: threading
 
 
 def estimate_job(image: Any, cancel: threading.Event, meter: JobMeter | None = None):
-    """Generator for :class:`~.workers.JobRunner`: estimate an image's microns per pixel with the bundled model
+    """Generator for :class:`~.workers.JobRunner`: estimate an image's microns per pixel with the size model
     (:mod:`napari_histoseg.engine.mpp_estimate`); returns an ``MppEstimate`` (None when cancelled)."""
     from napari_histoseg.engine.mpp_estimate import estimate_mpp_job
 
-    if meter is not None:
-        meter.phase("loading the model")
-    model, card = load_model(None)
-    hook = cancel_on_forward(model, cancel)
-    try:
-        gen = estimate_mpp_job(image, model, card, cancel=cancel)
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if meter is not None:
-                if event.done == 1:
-                    meter.phase("measuring nuclei", event.total, "tile")
-                meter.set(event.done, event.total)
-            yield Progress(event.done, event.total, "measuring nuclei", "", "tile", detail=event)
-    finally:
-        hook.remove()
+    gen = estimate_mpp_job(image, cancel=cancel)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if meter is not None:
+            if event.done == 1:
+                meter.phase("reading tissue tiles", event.total, "tile")
+            meter.set(event.done, event.total)
+        yield Progress(event.done, event.total, "reading tissue tiles", "", "tile", detail=event)

@@ -144,8 +144,6 @@ def nucleus_areas(labels: np.ndarray, min_px: int) -> np.ndarray:
 
 def estimate_mpp_job(
     image,
-    model: torch.nn.Module | None = None,
-    card=None,
     *,
     tiles: int = 8,
     size_model: torch.nn.Module | None = None,
@@ -155,8 +153,7 @@ def estimate_mpp_job(
 
     ``image``: level 0 (H, W, 3) array-like or a list of pyramid levels. The size model (the bundled one unless
     ``size_model`` is given) reads up to ``tiles`` tissue tiles of :data:`SIZE_TILE_PX` at the image's own
-    resolution; tiles that a small image clips to the same crop count once. ``model`` and ``card`` (the
-    segmentation model) are not needed: they are accepted so that callers of :func:`nucleus_scan_job` keep working.
+    resolution; tiles that a small image clips to the same crop count once.
     """
     size_model = size_model if size_model is not None else load_scale_model()
     levels = list(image) if isinstance(image, (list, tuple)) else [image]
@@ -270,9 +267,9 @@ def _confidence(crossed: bool, nuclei: int, spread: float) -> str:
     return "low"
 
 
-def estimate_mpp(image, model: torch.nn.Module | None = None, card=None, **kwargs) -> MppEstimate:
+def estimate_mpp(image, **kwargs) -> MppEstimate:
     """:func:`estimate_mpp_job` run to the end."""
-    return run_to_end(estimate_mpp_job(image, model, card, **kwargs))
+    return run_to_end(estimate_mpp_job(image, **kwargs))
 
 
 def run_to_end(gen: Generator[EstimateProgress, None, MppEstimate]) -> MppEstimate:
