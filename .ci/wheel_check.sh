@@ -15,7 +15,8 @@ python - "$wheel" <<'PY'
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 need = ["napari_histoseg/napari.yaml", "napari_histoseg/samples/cmu-1-small-region.svs",
-        "napari_histoseg/weights/default.safetensors", "napari_histoseg/weights/default.json"]
+        "napari_histoseg/weights/default.safetensors", "napari_histoseg/weights/default.json",
+        "napari_histoseg/weights/scale_regressor.safetensors"]
 missing = [n for n in need if n not in names]
 unwanted = [n for n in names if n.startswith(("tests/", "benchmarks/", "napari_histoseg/tests"))]
 assert not missing, f"wheel lacks {missing}"
@@ -42,4 +43,12 @@ layers = get_reader(str(sample_path()))(str(sample_path()))
 data, meta, kind = layers[0]
 assert kind == "image" and meta["multiscale"] and data[0].shape[:2] == (2967, 2220), (kind, data[0].shape)
 print("the installed reader opens the sample slide:", [tuple(d.shape) for d in data])
+
+from napari_histoseg.engine.mpp_estimate import estimate_mpp
+from napari_histoseg.io.slide import open_slide
+
+with open_slide(sample_path()) as slide:
+    estimate = estimate_mpp(slide.levels)
+assert 0.35 < estimate.mpp < 0.7, estimate.text  # the file states 0.499
+print("the installed size model estimates the sample's resolution:", estimate.text)
 PY
