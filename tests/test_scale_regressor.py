@@ -47,7 +47,7 @@ def test_a_small_image_is_read_once_with_low_confidence() -> None:
     image = np.random.default_rng(0).integers(0, 255, (120, 120, 3), dtype=np.uint8)
     est = estimate_mpp(image, tiles=4, size_model=ScaleNet().eval())
     assert est.tiles == 1 and est.confidence == "low" and est.mpp > 0 and est.nuclei == 0
-    assert "size model on 1 tiles" in est.text
+    assert "size model on 1 tile," in est.text
 
 
 def test_shipped_weights_read_a_2x_downsample_as_one_step_coarser(consep_dir) -> None:

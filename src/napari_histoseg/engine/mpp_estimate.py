@@ -59,7 +59,8 @@ class MppEstimate:
         """e.g. "0.49 um/px (confidence high: 412 nuclei on 4 tiles, tiles agree within 6%)"."""
         what = "size model" if self.method == SIZE_MODEL else f"{self.nuclei:,} nuclei"
         return (
-            f"{self.mpp:.3g} um/px (confidence {self.confidence}: {what} on {self.tiles} tiles, "
+            f"{self.mpp:.3g} um/px (confidence {self.confidence}: {what} on {self.tiles} "
+            f"tile{'s' if self.tiles != 1 else ''}, "
             f"tiles agree within {100 * self.spread:.0f}%)"
         )
 
