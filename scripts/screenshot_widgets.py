@@ -116,6 +116,8 @@ def main() -> None:
     while (segment.runner.running or segment.measurer.running) and time.monotonic() < deadline:
         pump(0.5)
     viewer.scene.camera.zoom *= 0.7  # step back: the view result sits inside the slide's pixels
+    viewer.window.screenshot(flash=False)  # draw once at the new zoom (the first frame can keep stale rows)
+    pump(3)
     save(viewer, args.out, "segment-current-view.png")
 
     docks[1].raise_()
