@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 from ..classes import NON_TUMOR, TUMOR
 from .infer import InferenceSettings
 from .jobs import segment_image
-from .scale_regressor import CROP, ScaleReading, load_scale_model, tile_logs
+from .scale_regressor import CROP, ScaleReading, load_scale_model, relative_spread, tile_logs
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def nucleus_scan_job(
     counts = [len(a) for a in pooled]
     mpp, crossed = crossing(scales, medians, counts, typical_um2)
     tile_estimates = [crossing(scales, m, counts, typical_um2)[0] for m in per_tile.values() if len(m) == len(scales)]
-    spread = _spread(tile_estimates)
+    spread = relative_spread(tile_estimates)
     nuclei = counts[int(np.argmin([abs(math.log(s / mpp)) for s in scales]))]
     return MppEstimate(mpp, _confidence(crossed, nuclei, spread), nuclei, len(tile_estimates), spread, list(scales))
 
@@ -251,13 +251,6 @@ def crossing(
         return max(found)[1], True
     known = [(abs(x), s) for x, s in zip(r, scales, strict=True) if x is not None]
     return (min(known)[1], False) if known else (START_MPP, False)
-
-
-def _spread(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return 1.0
-    q1, med, q3 = np.percentile(values, [25, 50, 75])
-    return float((q3 - q1) / med) if med else 1.0
 
 
 def _confidence(crossed: bool, nuclei: int, spread: float) -> str:

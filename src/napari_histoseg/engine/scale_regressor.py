@@ -103,10 +103,15 @@ class ScaleReading:
         """Interquartile range / median of the per-tile estimates, or of the crops' when there is one tile (1.0
         with a single crop)."""
         values = self.tile_mpps if len(self.tile_logs) > 1 else [float(2**x) for x in self.tile_logs[0]]
-        if len(values) < 2:
-            return 1.0
-        q1, med, q3 = np.percentile(values, [25, 50, 75])
-        return float((q3 - q1) / med)
+        return relative_spread(values)
+
+
+def relative_spread(values) -> float:
+    """Interquartile range / median of ``values``; 1.0 (no agreement known) for fewer than two or a zero median."""
+    if len(values) < 2:
+        return 1.0
+    q1, med, q3 = np.percentile(values, [25, 50, 75])
+    return float((q3 - q1) / med) if med else 1.0
 
 
 def tile_logs(tile: np.ndarray, model: nn.Module) -> np.ndarray:
