@@ -47,8 +47,9 @@ from napari_histoseg.engine.mpp_estimate import (
 PATCH = re.compile(r"^(?P<tile>.+)_(?P<index>\d{3})$")
 
 
-def consep_regions(folder: Path, n: int) -> list[np.ndarray]:
-    """Up to ``n`` 768 px regions stitched from CoNSeP's 3x3 patch grids (patches 000-008 of each tile)."""
+def consep_regions(folder: Path, n: int | None = None) -> list[np.ndarray]:
+    """Up to ``n`` (None: all) 768 px regions stitched from CoNSeP's 3x3 patch grids (patches 000-008 of each
+    tile)."""
     tiles = defaultdict(dict)
     for path in sorted((folder / "input").glob("*.png")):
         m = PATCH.match(path.stem)
@@ -60,7 +61,7 @@ def consep_regions(folder: Path, n: int) -> list[np.ndarray]:
             continue
         rows = [np.hstack([imread(patches[r * 3 + c])[..., :3] for c in range(3)]) for r in range(3)]
         regions.append(np.vstack(rows))
-        if len(regions) >= n:
+        if n is not None and len(regions) >= n:
             break
     return regions
 

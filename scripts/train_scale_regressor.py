@@ -16,34 +16,21 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import re
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from calibrate_mpp_estimate import consep_regions  # the same stitched regions the check reads (scripts/)
 from PIL import Image
 from scipy import ndimage as ndi
 from skimage.io import imread
 
 from napari_histoseg.engine.scale_regressor import CROP, ScaleNet
 
-PATCH = re.compile(r"^(?P<tile>.+)_(?P<index>\d{3})$")
 RANGES = {"consep": (0.18, 1.25), "brca": (0.35, 1.25)}  # um/px sampled per data set
 NATIVE = 0.15  # share of samples left at the image's own resolution (unresampled, as the check's 0.25 cases)
-
-
-def consep_regions(folder: Path) -> list[np.ndarray]:
-    """768 px regions stitched from CoNSeP's 3x3 patch grids (patches 000-008 of each tile)."""
-    tiles: dict[str, dict[int, Path]] = defaultdict(dict)
-    for path in sorted((folder / "input").glob("*.png")):
-        m = PATCH.match(path.stem)
-        if m and int(m["index"]) < 9:
-            tiles[m["tile"]][int(m["index"])] = path
-    grids = [p for p in tiles.values() if len(p) == 9]
-    return [np.vstack([np.hstack([imread(p[r * 3 + c])[..., :3] for c in range(3)]) for r in range(3)]) for p in grids]
 
 
 def sources(data: Path, split: str) -> list[tuple[str, np.ndarray, float]]:
