@@ -54,8 +54,7 @@ def test_shipped_weights_read_a_2x_downsample_as_one_step_coarser(consep_dir) ->
     """A real CoNSeP val patch (0.25 um/px) and its 2x downsample: log2 um/px about 1 apart."""
     from skimage.io import imread
 
-    if not WEIGHTS.exists():
-        pytest.skip(f"no shipped size model at {WEIGHTS}")
+    assert WEIGHTS.exists(), f"the size model's weights must ship in the package: {WEIGHTS}"
     torch.set_num_threads(1)
     patch = imread(sorted((consep_dir / "val" / "input").glob("*.png"))[0])[..., :3]
     model = load_scale_model()
