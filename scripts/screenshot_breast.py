@@ -2,6 +2,9 @@
 
     xvfb-run -a python scripts/screenshot_breast.py --before OLD.safetensors --after NEW.safetensors \
         --image ../shared/data/brca-m2c/val/input/NAME.png docs/breast-before-after.png
+    xvfb-run -a python scripts/screenshot_breast.py --typer --image ... docs/breast-cell-typer.png
+
+(``--typer``: the after picture is the same model with the cell typer.)
 
 Each model segments the image as ``histoseg predict`` would (at 0.5 um/px); the viewer shows the image, the labels
 (red tumor, green non-tumor, blue boundary) and the annotators' points (magenta tumor, cyan other), with the
@@ -52,7 +55,8 @@ def main() -> None:
     parser.add_argument("png", type=Path)
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--before", help="checkpoint (default: the bundled model)")
-    parser.add_argument("--after", required=True)
+    parser.add_argument("--after", help="checkpoint (default: the before model)")
+    parser.add_argument("--typer", action="store_true", help="the after picture with the cell typer")
     parser.add_argument("--mpp", type=float, default=0.5)
     parser.add_argument("--tumor-classes", type=int, nargs="+", default=[2])
     args = parser.parse_args()
@@ -61,9 +65,11 @@ def main() -> None:
     tumor = np.isin(classes, args.tumor_classes)
     truth = f"annotators: {100 * tumor.mean():.0f}% of {len(tumor):,} cells"
     pictures = []
-    for name, checkpoint in (("before", args.before), ("after", args.after)):
+    after = "after, cell typer" if args.typer else "after"
+    for name, checkpoint, typer in (("before", args.before, False), (after, args.after or args.before, args.typer)):
         model, card = load_model(checkpoint)
-        labels = run(segment_image(image, model, card, InferenceSettings(), mpp=args.mpp)).labels
+        settings = InferenceSettings(cell_typer=typer)
+        labels = run(segment_image(image, model, card, settings, mpp=args.mpp)).labels
         _, cell_classes = cells_from_labels(labels, **cell_rules(args.mpp))
         n, t = len(cell_classes) - 1, int((cell_classes == 1).sum())
         title = f"{name}: {100 * t / max(n, 1):.0f}% tumor ({t:,} of {n:,} cells)\n{truth}"

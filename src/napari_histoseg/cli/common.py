@@ -38,6 +38,7 @@ class StderrProgress:
 
 FP32_HELP = "compute in float32 throughout (default: bf16 autocast where faster: CUDA, CPUs with AMX or AVX512-BF16)"
 TTA_HELP = "test-time augmentation: average the logits over the four flips of the image (4x the work, more accurate)"
+CELL_TYPER_HELP = "retype each cell found from a 40 um crop around it with the cell typer (better on breast carcinoma)"
 NO_STAIN_HELP = "do not map the image's stain colours onto the model's training data (Reinhard normalisation)"
 SETTING_NAMES = {f.name for f in fields(InferenceSettings)}
 
@@ -65,3 +66,10 @@ def add_inference_options(p, *, slide_options: bool) -> None:
     p.add_argument("--no-stain-norm", dest="stain_normalize", action="store_false", help=NO_STAIN_HELP)
     p.add_argument("--fp32", dest="amp", action="store_false", help=FP32_HELP)
     p.add_argument("--tta", dest="test_time_flips", action="store_true", help=TTA_HELP)
+    p.add_argument(
+        "--cell-typer",
+        dest="cell_typer",
+        action=argparse.BooleanOptionalAction,
+        default=d.cell_typer,
+        help=CELL_TYPER_HELP,
+    )

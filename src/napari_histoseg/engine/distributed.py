@@ -100,7 +100,9 @@ def run_block(index: tuple[int, int], task: BlockTask, tissue: tuple[np.ndarray,
 
     plugin: ModelPlugin = get_worker().plugins[PLUGIN_NAME]
     image = plugin.slide(task.slide).levels[task.level]
-    geometry = BlockGeometry((int(image.shape[0]), int(image.shape[1])), task.settings, task.plan.factor)
+    geometry = BlockGeometry(
+        (int(image.shape[0]), int(image.shape[1])), task.settings, task.plan.factor, task.plan.output_mpp
+    )
     test = None if tissue is None else tissue_test(*tissue, task.downsample)
     work = read_block(geometry.work(index), image, geometry, test)
     labels, probs = segment_block(work, plugin.predictor, geometry, task.settings, task.normalize)
@@ -200,7 +202,7 @@ def segment_slide_distributed(
         region=region,
         overwrite=overwrite,
     )
-    geometry = BlockGeometry(job.shape, settings, job.plan.factor)
+    geometry = BlockGeometry(job.shape, settings, job.plan.factor, job.plan.output_mpp)
     tally = RunTally(job.blocks if job.blocks is not None else all_blocks(geometry), job.store.done_blocks())
     task = BlockTask(
         slide=str(Path(slide.path).resolve()),

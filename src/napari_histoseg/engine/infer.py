@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..analysis.instances import RULES_MPP
 from ..analysis.opening import open_labels, radius_at
 from ..classes import BACKGROUND, NUM_CLASSES
 from ..io.store import ArraySink, LabelStore
 from .allocator import tune_cpu_allocator
+from .cell_typer import retype_labels
 from .predictor import BlockPredictor
 from .resolution import ResolutionPlan, compute_shape, read_padded, to_compute, to_output
 from .tiling import Block, WindowGrid, block_grid, make_block
@@ -47,6 +49,7 @@ class InferenceSettings:
     compile: bool = False
     amp: bool = True  # bf16 autocast where it is faster (CUDA, CPUs with AMX or AVX512-BF16); False: fp32 throughout
     test_time_flips: bool = False  # average the logits over the four flips of each window (flips.py): 4x the work
+    cell_typer: bool = False  # retype each cell with the cell typer (cell_typer.py) from a 40 um crop around it
     prefetch: int = 2
 
     def __post_init__(self) -> None:
@@ -73,6 +76,7 @@ class InferenceSettings:
             "probabilities",
             "stain_normalize",
             "test_time_flips",
+            "cell_typer",
         )
         return {k: v for k, v in asdict(self).items() if k in keys}
 
@@ -145,9 +149,12 @@ def _margin(factor: float) -> int:
 class BlockGeometry:
     """Maps blocks between the output grid and the compute grid the model sees."""
 
-    def __init__(self, shape: tuple[int, int], settings: InferenceSettings, factor: float):
+    def __init__(
+        self, shape: tuple[int, int], settings: InferenceSettings, factor: float, output_mpp: float | None = None
+    ):
         self.shape = shape
         self.factor = factor
+        self.output_mpp = output_mpp  # of the output grid; None: unknown (the cell rules then take RULES_MPP)
         self.grid = WindowGrid.from_overlap(settings.tile, settings.overlap)
         self.block = settings.block
         if factor < 1 and settings.block % int(round(1 / factor)):
@@ -232,10 +239,10 @@ def segment_block(
         return None, None
     f = geometry.factor
     oy0, ox0 = work.region_origin
-    image = predictor.to_device(work.region)
+    region = predictor.to_device(work.region)
     if normalize is not None:
-        image = normalize(image)
-    image = to_compute(image, f)
+        region = normalize(region)
+    image = to_compute(region, f)
     # Offset of the compute read region inside the resampled output region.
     dy = work.block.read[0] - int(round(oy0 * f))
     dx = work.block.read[1] - int(round(ox0 * f))
@@ -246,6 +253,9 @@ def segment_block(
     scores = scores[:, ny0 - oy0 : ny1 - oy0, nx0 - ox0 : nx1 - ox0]
     labels = scores.argmax(dim=0).to(torch.uint8).cpu().numpy()
     labels = open_labels(labels, geometry.opening_radius)
+    if predictor.typer is not None:
+        mpp = geometry.output_mpp or RULES_MPP
+        labels = retype_labels(labels, region, mpp, predictor.typer, offset=(ny0 - oy0, nx0 - ox0))
     cy0, cx0, cy1, cx1 = work.core
     crop = (slice(cy0 - ny0, cy1 - ny0), slice(cx0 - nx0, cx1 - nx0))
     probs = None
@@ -340,7 +350,7 @@ def segment(
     """
     tune_cpu_allocator()
     shape = (int(image.shape[0]), int(image.shape[1]))
-    geometry = BlockGeometry(shape, settings, plan.factor)
+    geometry = BlockGeometry(shape, settings, plan.factor, plan.output_mpp)
     tally = RunTally(blocks if blocks is not None else all_blocks(geometry), sink.done_blocks())
 
     reader = ThreadPoolExecutor(max_workers=max(1, settings.prefetch), thread_name_prefix="histoseg-read")

@@ -22,6 +22,7 @@ from ..analysis.stain_stats import LabStats
 from ..io.store import ArraySink, LabelStore
 from ..model.checkpoint import ModelCard, load_checkpoint
 from ..pixels import channels_last, scale_to_uint8, white_level
+from .cell_typer import load_cell_typer
 from .device import prepare_model, select_device
 from .infer import InferenceProgress, InferenceResult, InferenceSettings, TissueTest, segment
 from .predictor import BlockPredictor
@@ -69,6 +70,8 @@ def make_predictor(
         amp=settings.amp,
     )
     predictor.num_classes = model.config.num_classes
+    if settings.cell_typer:
+        predictor.typer = load_cell_typer().to(device)
     return predictor
 
 

@@ -53,6 +53,7 @@ class BlockPredictor:
         self.num_classes = int(getattr(getattr(model, "config", None), "num_classes", NUM_CLASSES))
         self.logit_bias = logit_bias_tensor(logit_bias, self.num_classes, device)  # added before the softmax
         self.amp = amp  # mixed precision where it is faster (device.autocast_for)
+        self.typer: torch.nn.Module | None = None  # the cell typer on ``device`` (cell_typer.py), when one is used
 
     def to_device(self, region: np.ndarray) -> torch.Tensor:
         """Upload an (h, w, 3) uint8 region once, as (3, h, w) float in [0, 1] on the device."""

@@ -1,0 +1,215 @@
+"""Train the cell typer (engine/cell_typer.py) on BRCA-M2C points and CoNSeP cells.
+
+Crops of 80 px at 0.5 um/px centred on each BRCA-M2C point (tumor = class 2) and on each CoNSeP nucleus (tumor =
+its "epithelial" colour), stain-normalised as inference normalises (BRCA-M2C per image, CoNSeP per folder), with
+rotations, flips, shifts and colour jitter. Reports typing accuracy and tumor F1 at the annotated cells of BRCA-M2C
+val, of the sites kept out (``--exclude-sites``) and of CoNSeP val; keeps the last epoch (no selection on them).
+
+    python scripts/train_cell_typer.py --out runs/typer --exclude-sites AC
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_histoseg.engine.cell_typer import CROP, CellTyper, crops_at, labels_channel, to_typer_grid
+from napari_histoseg.engine.jobs import load_model
+from napari_histoseg.engine.stain_transform import normalizer_for
+from napari_histoseg.training.pair_folders import find_pairs
+from napari_histoseg.training.point_training import normalize_stain
+from napari_histoseg.training.points import find_point_files, load_point_samples, read_spec, site_of
+from napari_histoseg.training.samples import load_pairs, pooled_stain_stats
+
+MARGIN = 4  # px of random shift: a detected cell's centroid is not exactly the annotator's point
+LABELS: Path | None = None  # --labels: the bundled model's cached label maps (runs/seg_cache.py), a 4th input
+
+
+def _with_labels(image: torch.Tensor, root: Path, stem: str) -> torch.Tensor:
+    """The image with the segmentation's own call as a 4th channel, when training with --labels."""
+    if LABELS is None:
+        return image
+    labels = np.load(LABELS / f"{root.parent.name}_{root.name}_{stem}.npy")
+    return torch.cat([image, labels_channel(labels)])
+
+
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+
+
+def _uint8(crops: torch.Tensor) -> torch.Tensor:
+    """RGB in [0, 1] to 0-255; a labels channel in [-1, 1] to 0-254 (127 = neither)."""
+    if crops.shape[1] > 3:
+        crops = torch.cat([crops[:, :3], (crops[:, 3:] + 1) / 2 * 254 / 255], dim=1)
+    return crops.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def _float(crops: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_uint8`."""
+    x = crops.float() / 255
+    if x.shape[1] > 3:
+        x = torch.cat([x[:, :3], x[:, 3:] * 255 / 254 * 2 - 1], dim=1)
+    return x
+
+
+def point_crops(root: Path, target, *, exclude=(), only=None) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """Crops (N, 3, CROP+2M, CROP+2M) uint8 at the points of a BRCA-M2C folder, tumor flags, site per crop."""
+    spec = read_spec(root, mpp=0.5, tumor_classes=[2])
+    samples = load_point_samples(find_point_files(root), spec, exclude_sites=exclude, only_sites=only)
+    crops, tumor, sites = [], [], []
+    for s in samples:
+        image = _with_labels(_tensor(normalize_stain(s.image, target)), root, s.name)
+        grid, scale = to_typer_grid(image, s.mpp)
+        crops.append(_uint8(_crops_with_margin(grid, (s.points + 0.5) * scale - 0.5)))
+        tumor.append(s.is_tumor(spec))
+        sites += [site_of(s.name)] * len(s.points)
+    return torch.cat(crops), np.concatenate(tumor), sites
+
+
+def consep_crops(root: Path, target) -> tuple[torch.Tensor, np.ndarray]:
+    """Crops at the nuclei of a CoNSeP folder (instance maps), tumor flags by the class majority of each nucleus."""
+    samples, _ = load_pairs(find_pairs(root))
+    normalize = normalizer_for(pooled_stain_stats(samples), target)
+    crops, tumor = [], []
+    for s in samples:
+        ids = np.unique(s.inst)[1:]
+        if not len(ids):
+            continue
+        flat = s.inst.ravel()
+        n = int(s.inst.max()) + 1
+        area = np.bincount(flat, minlength=n)[ids]
+        t = np.bincount(flat, weights=(s.labels == 1).ravel(), minlength=n)[ids]
+        nt = np.bincount(flat, weights=(s.labels == 2).ravel(), minlength=n)[ids]
+        rows, cols = np.indices(s.inst.shape)
+        cy = np.bincount(flat, weights=rows.ravel(), minlength=n)[ids] / area
+        cx = np.bincount(flat, weights=cols.ravel(), minlength=n)[ids] / area
+        typed = (t + nt) > 0
+        image = _tensor(s.image)
+        if normalize is not None:
+            image = normalize(image).clamp(0, 1)
+        grid, scale = to_typer_grid(_with_labels(image, root, s.name), s.mpp or 0.25)
+        centres = (np.stack([cy, cx], 1)[typed] + 0.5) * scale - 0.5
+        crops.append(_uint8(_crops_with_margin(grid, centres)))
+        tumor.append((t >= nt)[typed])
+    return torch.cat(crops), np.concatenate(tumor)
+
+
+def _crops_with_margin(grid: torch.Tensor, centres: np.ndarray) -> torch.Tensor:
+    """Crops MARGIN px larger on each side than the typer reads, for random shifts in training."""
+    return crops_at(grid, centres, CROP + 2 * MARGIN)
+
+
+def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random shift (crop inside the margin), rotation, flip, brightness / contrast / saturation jitter."""
+    n = len(x)
+    dy, dx = rng.integers(0, 2 * MARGIN + 1, size=2)
+    x = _float(x[:, :, dy : dy + CROP, dx : dx + CROP])
+    x = torch.rot90(x, int(rng.integers(4)), (2, 3))
+    if rng.random() < 0.5:
+        x = x.flip(3)
+    rgb, own = x[:, :3], x[:, 3:]
+    gray = rgb.mean(1, keepdim=True)
+    sat = 1 + 0.3 * (torch.rand(n, 1, 1, 1) * 2 - 1)
+    rgb = gray + (rgb - gray) * sat
+    scale = 1 + 0.15 * (torch.rand(n, 3, 1, 1) * 2 - 1)
+    shift = 0.06 * (torch.rand(n, 3, 1, 1) * 2 - 1)
+    return torch.cat([(rgb * scale + shift).clamp(0, 1), own], dim=1)
+
+
+def centre(x: torch.Tensor) -> torch.Tensor:
+    return _float(x[:, :, MARGIN : MARGIN + CROP, MARGIN : MARGIN + CROP])
+
+
+@torch.inference_mode()
+def typing_scores(model: CellTyper, crops: torch.Tensor, tumor: np.ndarray) -> dict:
+    from napari_histoseg.engine.cell_typer import tumor_probability
+
+    model.eval()
+    pred = tumor_probability(model, centre(crops)) >= 0.5
+    model.train()
+    tp = int((pred & tumor).sum())
+    fp = int((pred & ~tumor).sum())
+    fn = int((~pred & tumor).sum())
+    return {
+        "cells": len(tumor),
+        "accuracy": float((pred == tumor).mean()),
+        "tumor_f1": 2 * tp / max(1, 2 * tp + fp + fn),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--exclude-sites", nargs="*", default=["AC"])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--no-consep", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labels", type=Path, help="cached label maps of the bundled model: train a 4-channel typer")
+    args = parser.parse_args()
+    global LABELS
+    LABELS = args.labels
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _, card = load_model(None)
+    target = card.stain_stats
+    brca, consep = args.data / "brca-m2c", args.data / "consep"
+    t0 = time.perf_counter()
+    x_tr, y_tr, _ = point_crops(brca / "train", target, exclude=args.exclude_sites)
+    checks = {"brca_val": point_crops(brca / "val", target)[:2]}
+    if args.exclude_sites:
+        checks["brca_held_out_" + "_".join(args.exclude_sites)] = point_crops(
+            brca / "train", target, only=args.exclude_sites
+        )[:2]
+    checks["consep_val"] = consep_crops(consep / "val", target)
+    if not args.no_consep:
+        xc, yc = consep_crops(consep / "train", target)
+        x_tr, y_tr = torch.cat([x_tr, xc]), np.concatenate([y_tr, yc])
+    print(f"{len(y_tr)} training cells ({y_tr.mean():.2f} tumor), read in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    model = CellTyper(in_channels=4 if args.labels else 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=1e-4)
+    per_epoch = len(y_tr) // args.batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * per_epoch)
+    share = float(y_tr.mean())
+    weight = torch.tensor([1 / (1 - share), 1 / share], dtype=torch.float32)  # N / N_c, as the segmentation loss
+    weight /= weight.sum()
+    target_t = torch.from_numpy(y_tr.astype(np.int64))
+    log = []
+    for epoch in range(args.epochs):
+        te = time.perf_counter()
+        order = torch.from_numpy(rng.permutation(len(y_tr)))
+        total = 0.0
+        for i in range(per_epoch):
+            idx = order[i * args.batch : (i + 1) * args.batch]
+            x = augment(x_tr[idx], rng).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(x), target_t[idx], weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        row = {"epoch": epoch + 1, "loss": total / per_epoch, "seconds": time.perf_counter() - te}
+        row.update({name: typing_scores(model, x, y) for name, (x, y) in checks.items()})
+        log.append(row)
+        print(json.dumps(row), flush=True)
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(args.out / "cell_typer.safetensors"))
+    (args.out / "log.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "epochs": log}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Cell typer: a second look at each cell's type, from a 40 um crop around it.
+
+The segmentation network decides a cell's type pixel by pixel from a 256 px window; on breast carcinoma from
+other hospitals it calls most carcinoma nuclei non-tumor (docs/cell-typer.md). The typer is a small CNN that
+reads an 80 px crop at 0.5 um/px centred on each cell found and says tumor or non-tumor; :func:`retype_labels`
+rewrites the cells' pixels of a class map with its answer, so the labels layer, the counts and the cellularity
+all follow it. Trained by ``scripts/train_cell_typer.py`` on BRCA-M2C points and CoNSeP cells.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..analysis.instances import cell_rules, cells_from_labels
+from ..analysis.metrics import instance_centroids
+from ..classes import NON_TUMOR, TUMOR
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "cell_typer.safetensors"
+TYPER_MPP = 0.5  # um/px of the crops the typer reads
+CROP = 80  # px at TYPER_MPP: 40 um, a nucleus and its neighbours
+MEAN, STD = 0.7, 0.2  # of RGB in 0-1 on stain-normalised H&E
+#: Cells smaller than this (um^2, boundary ring included) are typed non-tumor: a carcinoma nucleus is larger, and
+#: the typer never saw the specks and fragments the segmentation also reports (docs/cell-typer.md).
+MIN_TUMOR_UM2 = 12.0
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CellTyper(nn.Module):
+    """A stride-2 stem, three conv blocks with max pooling, global average pooling: logits (non-tumor, tumor).
+
+    ``in_channels`` 3: the RGB crop; 4: and the segmentation's own call (:func:`labels_channel`), so the typer
+    can learn where to trust the segmentation network and where to overrule it.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 3) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, widths[0], 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        ]
+        cin = widths[0]
+        for cout in widths:
+            layers += [_block(cin, cout), nn.MaxPool2d(2)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, CROP, CROP) RGB in [0, 1] (and the labels channel in [-1, 1]) -> (N, 2) logits."""
+        rgb = (x[:, :3] - MEAN) / STD
+        x = torch.cat([rgb, x[:, 3:]], dim=1) if x.shape[1] > 3 else rgb
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+@lru_cache(maxsize=2)
+def load_cell_typer(path: Path = WEIGHTS) -> CellTyper:
+    """The typer with the weights at ``path`` (the bundled ones by default), in eval mode on the CPU."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+        model = CellTyper(in_channels=int(state["features.0.weight"].shape[1]))
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, KeyError, SafetensorError) as err:
+        raise ValueError(f"{path}: not a cell typer's weights ({err})") from err
+    return model.eval()
+
+
+def labels_channel(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(1, H, W) float: +1 where the class map says tumor, -1 non-tumor, 0 elsewhere."""
+    labels = torch.as_tensor(np.asarray(labels))
+    return ((labels == TUMOR).float() - (labels == NON_TUMOR).float())[None]
+
+
+def to_typer_grid(image: torch.Tensor, mpp: float) -> tuple[torch.Tensor, float]:
+    """(C, H, W) image (RGB in [0, 1], maybe a labels channel) at ``mpp`` resampled to TYPER_MPP (antialiased); returns
+    it and the scale applied."""
+    scale = mpp / TYPER_MPP
+    if abs(scale - 1) < 1e-3:
+        return image, 1.0
+    out = F.interpolate(image[None], scale_factor=scale, mode="bilinear", antialias=scale < 1, align_corners=False)
+    return out[0], scale
+
+
+def crops_at(image: torch.Tensor, centres: np.ndarray, size: int = CROP) -> torch.Tensor:
+    """(N, 3, size, size) crops of a TYPER_MPP image centred on ``centres`` ((N, 2) y, x px); mirrored past edges."""
+    half = size // 2
+    h, w = image.shape[1:]
+    mode = "reflect" if min(h, w) > half else "replicate"
+    padded = F.pad(image[None], (half, half, half, half), mode=mode)[0]
+    yx = np.clip(np.round(np.asarray(centres, dtype=np.float64)).astype(np.int64), 0, [h - 1, w - 1])
+    if len(yx) == 0:
+        return image.new_zeros((0, 3, size, size))
+    rows = torch.as_tensor(yx[:, 0], device=image.device)[:, None] + torch.arange(size, device=image.device)
+    cols = torch.as_tensor(yx[:, 1], device=image.device)[:, None] + torch.arange(size, device=image.device)
+    return padded[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)
+
+
+@torch.inference_mode()
+def tumor_probability(model: nn.Module, crops: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """p(tumor) per crop, the mean over the four 90-degree rotations."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(crops), batch):
+        x = crops[i : i + batch].to(device).float().contiguous(memory_format=torch.channels_last)
+        p = sum(F.softmax(model(torch.rot90(x, k, (2, 3))).float(), dim=1)[:, 1] for k in range(4)) / 4
+        out.append(p.cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def retype_labels(
+    labels: np.ndarray,
+    image: torch.Tensor,
+    mpp: float,
+    model: nn.Module,
+    offset: tuple[int, int] = (0, 0),
+    min_tumor_um2: float = MIN_TUMOR_UM2,
+) -> np.ndarray:
+    """``labels`` with every cell's tumor / non-tumor pixels set to the typer's answer for that cell.
+
+    ``image`` is the (3, H, W) stain-normalised RGB in [0, 1] at ``mpp`` that covers ``labels``, whose pixel
+    (0, 0) is ``image``'s pixel ``offset``; ``image`` may reach beyond ``labels`` (context for the crops). Cells
+    are found with the cell rules (``cells_from_labels``); pixels of specks the rules drop keep their class. A cell
+    under ``min_tumor_um2`` is non-tumor whatever the typer says.
+    """
+    instances, classes = cells_from_labels(labels, **cell_rules(mpp))
+    count = len(classes) - 1
+    if count == 0:
+        return labels
+    centres = instance_centroids(instances, count) + np.asarray(offset, dtype=np.float64)
+    if getattr(model, "in_channels", 3) == 4:
+        own = image.new_zeros((1, *image.shape[1:]))
+        oy, ox = offset
+        own[:, oy : oy + labels.shape[0], ox : ox + labels.shape[1]] = labels_channel(labels).to(image)
+        image = torch.cat([image, own])
+    grid, scale = to_typer_grid(image, mpp)
+    p = tumor_probability(model, crops_at(grid, (centres + 0.5) * scale - 0.5))
+    typed = np.zeros(count + 1, dtype=labels.dtype)
+    area_um2 = np.bincount(instances.ravel(), minlength=count + 1)[1:] * mpp * mpp
+    typed[1:] = np.where((p >= 0.5) & (area_um2 >= min_tumor_um2), TUMOR, NON_TUMOR)
+    cell_px = (instances > 0) & ((labels == TUMOR) | (labels == NON_TUMOR))
+    out = labels.copy()
+    out[cell_px] = typed[instances[cell_px]]
+    return out
