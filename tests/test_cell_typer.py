@@ -31,6 +31,20 @@ class DarkIsTumor(nn.Module):
         return torch.stack([c - 0.5, 0.5 - c], dim=1) * 10 + self.p
 
 
+class ContradictsTheSegmentation(nn.Module):
+    """A stand-in 4-channel typer: the opposite of the labels channel at the crop's centre."""
+
+    in_channels = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        own = x[:, 3, CROP // 2 - 2 : CROP // 2 + 2, CROP // 2 - 2 : CROP // 2 + 2].mean(dim=(1, 2))
+        return torch.stack([own, -own], dim=1) * 10 + self.p
+
+
 def test_crops_are_centred_and_mirrored_at_edges():
     image = torch.rand(3, 100, 120)
     crops = crops_at(image, np.array([[50.2, 60.0], [0, 0]]))
@@ -82,6 +96,14 @@ def test_retype_uses_the_offset_into_a_larger_image():
     assert (retype_labels(labels, image, 0.5, DarkIsTumor())[20:40, 20:40] == NON_TUMOR).all()
 
 
+def test_a_four_channel_typer_sees_the_segmentations_call_where_the_labels_lie():
+    labels = np.zeros((60, 60), np.uint8)
+    labels[20:40, 20:40] = TUMOR
+    labels[0:15, 45:60] = NON_TUMOR
+    out = retype_labels(labels, torch.ones(3, 100, 100), 0.5, ContradictsTheSegmentation(), offset=(20, 20))
+    assert (out[20:40, 20:40] == NON_TUMOR).all() and (out[0:15, 45:60] == TUMOR).all()
+
+
 def test_bundled_weights_load_and_a_wrong_file_is_named(tmp_path):
     assert WEIGHTS.is_file()
     model = load_cell_typer()
@@ -108,3 +130,26 @@ def test_inference_with_the_typer_changes_only_cell_types(brca_dir):
     assert np.array_equal(labels[~cell], plain[~cell])  # background and boundary untouched
     assert np.isin(labels[cell], (TUMOR, NON_TUMOR)).all()
     assert (labels != plain).any()  # the typer had a say
+
+
+def test_settings_record_the_typer_and_the_predictor_carries_it():
+    from napari_histoseg.engine.infer import InferenceSettings
+    from napari_histoseg.engine.jobs import make_predictor
+    from napari_histoseg.model.resunetpp import ModelConfig, build_model
+
+    assert InferenceSettings(cell_typer=True).result_settings()["cell_typer"] is True  # a resumed run must match
+    assert InferenceSettings().result_settings()["cell_typer"] is False
+    net = build_model(ModelConfig.scaled(0.25))
+    assert isinstance(make_predictor(net, InferenceSettings(device="cpu", cell_typer=True)).typer, CellTyper)
+    assert make_predictor(net, InferenceSettings(device="cpu")).typer is None
+
+
+def test_cli_takes_the_typer_option():
+    import argparse
+
+    from napari_histoseg.cli.common import add_inference_options, settings_of
+
+    parser = argparse.ArgumentParser()
+    add_inference_options(parser, slide_options=True)
+    assert settings_of(parser.parse_args(["--cell-typer"])).cell_typer is True
+    assert settings_of(parser.parse_args([])).cell_typer is False

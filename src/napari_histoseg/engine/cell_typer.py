@@ -27,7 +27,7 @@ CROP = 80  # px at TYPER_MPP: 40 um, a nucleus and its neighbours
 MEAN, STD = 0.7, 0.2  # of RGB in 0-1 on stain-normalised H&E
 #: Cells smaller than this (um^2, boundary ring included) are typed non-tumor: a carcinoma nucleus is larger, and
 #: the typer never saw the specks and fragments the segmentation also reports (docs/cell-typer.md).
-MIN_TUMOR_UM2 = 12.0
+MIN_TUMOR_UM2 = 10.0
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -109,7 +109,7 @@ def crops_at(image: torch.Tensor, centres: np.ndarray, size: int = CROP) -> torc
     padded = F.pad(image[None], (half, half, half, half), mode=mode)[0]
     yx = np.clip(np.round(np.asarray(centres, dtype=np.float64)).astype(np.int64), 0, [h - 1, w - 1])
     if len(yx) == 0:
-        return image.new_zeros((0, 3, size, size))
+        return image.new_zeros((0, image.shape[0], size, size))
     rows = torch.as_tensor(yx[:, 0], device=image.device)[:, None] + torch.arange(size, device=image.device)
     cols = torch.as_tensor(yx[:, 1], device=image.device)[:, None] + torch.arange(size, device=image.device)
     return padded[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)

@@ -1,0 +1,85 @@
+"""How the cell typer's answer is combined with the segmentation's, scored as ``histoseg evaluate`` scores points.
+
+    python scripts/typer_rules.py --maps runs/label_maps [--train] [--typer WEIGHTS]
+
+Reads the label maps of ``cache_label_maps.py``, types every cell found with the typer, and prints tumor type F1
+and per-image cellularity MAE / r for: the segmentation's types, and the typer's with cells under A um^2 set
+non-tumor or left to the segmentation, for several A. BRCA-M2C val and site AC by default; ``--train``: the A7 and
+A8 train images the typer learnt from.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_histoseg.analysis.instances import cell_rules, cells_from_labels
+from napari_histoseg.analysis.metrics import instance_centroids
+from napari_histoseg.analysis.point_scores import score_image, summarize_by_group
+from napari_histoseg.classes import NON_TUMOR, TUMOR
+from napari_histoseg.engine.cell_typer import WEIGHTS, crops_at, labels_channel, load_cell_typer, tumor_probability
+from napari_histoseg.engine.jobs import load_model
+from napari_histoseg.training.point_training import normalize_stain
+from napari_histoseg.training.points import find_point_files, load_point_samples, read_spec, site_of
+
+MPP = 0.5
+KEYS = ("type_f1_tumor", "cellularity_mae", "cellularity_r", "cellularity_mae_at_points", "cellularity_r_at_points")
+
+
+def typed_cells(root: Path, sites, maps: Path, typer, target) -> list:
+    """(sample, centroids, segmentation classes, typer p(tumor), areas um^2) of every image."""
+    spec = read_spec(root, mpp=MPP, tumor_classes=[2])
+    out = []
+    for s in load_point_samples(find_point_files(root), spec, only_sites=sites):
+        labels = np.load(maps / f"brca-m2c_{root.name}_{s.name}.npy")
+        instances, classes = cells_from_labels(labels, **cell_rules(MPP))
+        n = len(classes) - 1
+        centres = instance_centroids(instances, n)
+        area = np.bincount(instances.ravel(), minlength=n + 1)[1:] * MPP * MPP
+        image = torch.from_numpy(normalize_stain(s.image, target)).permute(2, 0, 1).float() / 255
+        if typer.in_channels == 4:
+            image = torch.cat([image, labels_channel(labels)])
+        p = tumor_probability(typer, crops_at(image, centres))
+        out.append((s, s.is_tumor(spec), centres, classes[1:], p, area))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--maps", type=Path, required=True)
+    parser.add_argument("--typer", type=Path, default=WEIGHTS)
+    parser.add_argument("--train", action="store_true")
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    brca = args.data / "brca-m2c"
+    sets = {"A7+A8 train": (brca / "train", ["A7", "A8"])}
+    if not args.train:
+        sets = {"val": (brca / "val", None), "AC": (brca / "train", ["AC"])}
+    _, card = load_model(None)
+    typer = load_cell_typer(args.typer)
+    rules = {"segmentation": lambda cl, p, a: cl}
+    for t in (6, 8, 10, 12, 15, 20):
+        rules[f"typer, < {t} um2 non-tumor"] = lambda cl, p, a, t=t: np.where((a >= t) & (p >= 0.5), TUMOR, NON_TUMOR)
+        rules[f"typer, < {t} um2 segmentation's"] = lambda cl, p, a, t=t: np.where(
+            a >= t, np.where(p >= 0.5, TUMOR, NON_TUMOR), cl
+        )
+    print(f"{'set':12s} {'rule':36s} " + " ".join(f"{k[:24]:>24s}" for k in KEYS))
+    for name, (root, sites) in sets.items():
+        cells = typed_cells(root, sites, args.maps, typer, card.stain_stats)
+        for rule_name, rule in rules.items():
+            rows = [
+                score_image(
+                    s.name, site_of(s.name), c, rule(cl, p, a).astype(np.uint8), s.points, s.is_tumor(sp), 3 / MPP
+                )
+                for s, sp, c, cl, p, a in cells
+            ]
+            scores = summarize_by_group(rows)["all"]
+            print(f"{name:12s} {rule_name:36s} " + " ".join(f"{scores[k]:24.3f}" for k in KEYS), flush=True)
+
+
+if __name__ == "__main__":
+    main()
