@@ -16,7 +16,7 @@ import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 need = ["napari_histoseg/napari.yaml", "napari_histoseg/samples/cmu-1-small-region.svs",
         "napari_histoseg/weights/default.safetensors", "napari_histoseg/weights/default.json",
-        "napari_histoseg/weights/scale_regressor.safetensors"]
+        "napari_histoseg/weights/scale_regressor.safetensors", "napari_histoseg/weights/cell_typer.safetensors"]
 missing = [n for n in need if n not in names]
 unwanted = [n for n in names if n.startswith(("tests/", "benchmarks/", "napari_histoseg/tests"))]
 assert not missing, f"wheel lacks {missing}"
@@ -51,4 +51,8 @@ with open_slide(sample_path()) as slide:
     estimate = estimate_mpp(slide.levels)
 assert 0.35 < estimate.mpp < 0.7, estimate.text  # the file states 0.499
 print("the installed size model estimates the sample's resolution:", estimate.text)
+
+from napari_histoseg.engine.cell_typer import load_cell_typer
+
+print("the installed cell typer loads:", sum(p.numel() for p in load_cell_typer().parameters()), "parameters")
 PY
