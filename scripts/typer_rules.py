@@ -73,9 +73,9 @@ def main() -> None:
         for rule_name, rule in rules.items():
             rows = [
                 score_image(
-                    s.name, site_of(s.name), c, rule(cl, p, a).astype(np.uint8), s.points, s.is_tumor(sp), 3 / MPP
+                    s.name, site_of(s.name), c, rule(cl, p, a).astype(np.uint8), s.points, t, 3 / MPP
                 )
-                for s, sp, c, cl, p, a in cells
+                for s, t, c, cl, p, a in cells
             ]
             scores = summarize_by_group(rows)["all"]
             print(f"{name:12s} {rule_name:36s} " + " ".join(f"{scores[k]:24.3f}" for k in KEYS), flush=True)
