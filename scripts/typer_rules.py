@@ -72,9 +72,7 @@ def main() -> None:
         cells = typed_cells(root, sites, args.maps, typer, card.stain_stats)
         for rule_name, rule in rules.items():
             rows = [
-                score_image(
-                    s.name, site_of(s.name), c, rule(cl, p, a).astype(np.uint8), s.points, t, 3 / MPP
-                )
+                score_image(s.name, site_of(s.name), c, rule(cl, p, a).astype(np.uint8), s.points, t, 3 / MPP)
                 for s, t, c, cl, p, a in cells
             ]
             scores = summarize_by_group(rows)["all"]
