@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_histoseg.analysis.metrics import instance_centroids
+from napari_histoseg.classes import NON_TUMOR, TUMOR
 from napari_histoseg.engine.cell_typer import CROP, CellTyper, crops_at, labels_channel, to_typer_grid
 from napari_histoseg.engine.jobs import load_model
 from napari_histoseg.engine.stain_transform import normalizer_for
@@ -28,14 +30,14 @@ from napari_histoseg.training.points import find_point_files, load_point_samples
 from napari_histoseg.training.samples import load_pairs, pooled_stain_stats
 
 MARGIN = 4  # px of random shift: a detected cell's centroid is not exactly the annotator's point
-LABELS: Path | None = None  # --labels: the bundled model's cached label maps (runs/seg_cache.py), a 4th input
 
 
-def _with_labels(image: torch.Tensor, root: Path, stem: str) -> torch.Tensor:
-    """The image with the segmentation's own call as a 4th channel, when training with --labels."""
-    if LABELS is None:
+def _with_labels(image: torch.Tensor, maps: Path | None, root: Path, stem: str) -> torch.Tensor:
+    """The image with the segmentation's own call as a 4th channel, read from ``maps`` (cache_label_maps.py);
+    unchanged without ``maps``."""
+    if maps is None:
         return image
-    labels = np.load(LABELS / f"{root.parent.name}_{root.name}_{stem}.npy")
+    labels = np.load(maps / f"{root.parent.name}_{root.name}_{stem}.npy")
     return torch.cat([image, labels_channel(labels)])
 
 
@@ -58,13 +60,15 @@ def _float(crops: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def point_crops(root: Path, target, *, exclude=(), only=None) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    """Crops (N, 3, CROP+2M, CROP+2M) uint8 at the points of a BRCA-M2C folder, tumor flags, site per crop."""
+def point_crops(
+    root: Path, target, maps: Path | None, *, exclude=(), only=None
+) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """Crops (N, C, CROP+2M, CROP+2M) uint8 at the points of a BRCA-M2C folder, tumor flags, site per crop."""
     spec = read_spec(root, mpp=0.5, tumor_classes=[2])
     samples = load_point_samples(find_point_files(root), spec, exclude_sites=exclude, only_sites=only)
     crops, tumor, sites = [], [], []
     for s in samples:
-        image = _with_labels(_tensor(normalize_stain(s.image, target)), root, s.name)
+        image = _with_labels(_tensor(normalize_stain(s.image, target)), maps, root, s.name)
         grid, scale = to_typer_grid(image, s.mpp)
         crops.append(_uint8(_crops_with_margin(grid, (s.points + 0.5) * scale - 0.5)))
         tumor.append(s.is_tumor(spec))
@@ -72,29 +76,24 @@ def point_crops(root: Path, target, *, exclude=(), only=None) -> tuple[torch.Ten
     return torch.cat(crops), np.concatenate(tumor), sites
 
 
-def consep_crops(root: Path, target) -> tuple[torch.Tensor, np.ndarray]:
+def consep_crops(root: Path, target, maps: Path | None) -> tuple[torch.Tensor, np.ndarray]:
     """Crops at the nuclei of a CoNSeP folder (instance maps), tumor flags by the class majority of each nucleus."""
     samples, _ = load_pairs(find_pairs(root))
     normalize = normalizer_for(pooled_stain_stats(samples), target)
     crops, tumor = [], []
     for s in samples:
-        ids = np.unique(s.inst)[1:]
-        if not len(ids):
+        n = int(s.inst.max())
+        if n == 0:
             continue
         flat = s.inst.ravel()
-        n = int(s.inst.max()) + 1
-        area = np.bincount(flat, minlength=n)[ids]
-        t = np.bincount(flat, weights=(s.labels == 1).ravel(), minlength=n)[ids]
-        nt = np.bincount(flat, weights=(s.labels == 2).ravel(), minlength=n)[ids]
-        rows, cols = np.indices(s.inst.shape)
-        cy = np.bincount(flat, weights=rows.ravel(), minlength=n)[ids] / area
-        cx = np.bincount(flat, weights=cols.ravel(), minlength=n)[ids] / area
-        typed = (t + nt) > 0
+        t = np.bincount(flat, weights=(s.labels == TUMOR).ravel(), minlength=n + 1)[1:]
+        nt = np.bincount(flat, weights=(s.labels == NON_TUMOR).ravel(), minlength=n + 1)[1:]
+        typed = (t + nt) > 0  # ids the map skips have no pixels, so no class either
         image = _tensor(s.image)
         if normalize is not None:
             image = normalize(image).clamp(0, 1)
-        grid, scale = to_typer_grid(_with_labels(image, root, s.name), s.mpp or 0.25)
-        centres = (np.stack([cy, cx], 1)[typed] + 0.5) * scale - 0.5
+        grid, scale = to_typer_grid(_with_labels(image, maps, root, s.name), s.mpp or 0.25)
+        centres = (instance_centroids(s.inst, n)[typed] + 0.5) * scale - 0.5
         crops.append(_uint8(_crops_with_margin(grid, centres)))
         tumor.append((t >= nt)[typed])
     return torch.cat(crops), np.concatenate(tumor)
@@ -154,10 +153,10 @@ def main() -> None:
     parser.add_argument("--no-consep", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--labels", type=Path, help="cached label maps of the bundled model: train a 4-channel typer")
+    parser.add_argument(
+        "--labels", type=Path, help="label maps of cache_label_maps.py: train a 4-channel typer that also reads them"
+    )
     args = parser.parse_args()
-    global LABELS
-    LABELS = args.labels
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -166,15 +165,16 @@ def main() -> None:
     target = card.stain_stats
     brca, consep = args.data / "brca-m2c", args.data / "consep"
     t0 = time.perf_counter()
-    x_tr, y_tr, _ = point_crops(brca / "train", target, exclude=args.exclude_sites)
-    checks = {"brca_val": point_crops(brca / "val", target)[:2]}
+    maps = args.labels
+    x_tr, y_tr, _ = point_crops(brca / "train", target, maps, exclude=args.exclude_sites)
+    checks = {"brca_val": point_crops(brca / "val", target, maps)[:2]}
     if args.exclude_sites:
         checks["brca_held_out_" + "_".join(args.exclude_sites)] = point_crops(
-            brca / "train", target, only=args.exclude_sites
+            brca / "train", target, maps, only=args.exclude_sites
         )[:2]
-    checks["consep_val"] = consep_crops(consep / "val", target)
+    checks["consep_val"] = consep_crops(consep / "val", target, maps)
     if not args.no_consep:
-        xc, yc = consep_crops(consep / "train", target)
+        xc, yc = consep_crops(consep / "train", target, maps)
         x_tr, y_tr = torch.cat([x_tr, xc]), np.concatenate([y_tr, yc])
     print(f"{len(y_tr)} training cells ({y_tr.mean():.2f} tumor), read in {time.perf_counter() - t0:.0f} s", flush=True)
 

@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_histoseg.analysis.instances import cell_rules, cells_from_labels
-from napari_histoseg.analysis.metrics import instance_centroids
 from napari_histoseg.analysis.point_scores import score_image, summarize_by_group
 from napari_histoseg.classes import NON_TUMOR, TUMOR
-from napari_histoseg.engine.cell_typer import WEIGHTS, crops_at, labels_channel, load_cell_typer, tumor_probability
+from napari_histoseg.engine.cell_typer import WEIGHTS, load_cell_typer, typer_answers
 from napari_histoseg.engine.jobs import load_model
 from napari_histoseg.training.point_training import normalize_stain
 from napari_histoseg.training.points import find_point_files, load_point_samples, read_spec, site_of
@@ -35,14 +33,9 @@ def typed_cells(root: Path, sites, maps: Path, typer, target) -> list:
     out = []
     for s in load_point_samples(find_point_files(root), spec, only_sites=sites):
         labels = np.load(maps / f"brca-m2c_{root.name}_{s.name}.npy")
-        instances, classes = cells_from_labels(labels, **cell_rules(MPP))
-        n = len(classes) - 1
-        centres = instance_centroids(instances, n)
-        area = np.bincount(instances.ravel(), minlength=n + 1)[1:] * MPP * MPP
         image = torch.from_numpy(normalize_stain(s.image, target)).permute(2, 0, 1).float() / 255
-        if typer.in_channels == 4:
-            image = torch.cat([image, labels_channel(labels)])
-        p = tumor_probability(typer, crops_at(image, centres))
+        instances, classes, centres, p = typer_answers(labels, image, MPP, typer)
+        area = np.bincount(instances.ravel(), minlength=len(classes))[1:] * MPP * MPP
         out.append((s, s.is_tumor(spec), centres, classes[1:], p, area))
     return out
 

@@ -102,7 +102,8 @@ def to_typer_grid(image: torch.Tensor, mpp: float) -> tuple[torch.Tensor, float]
 
 
 def crops_at(image: torch.Tensor, centres: np.ndarray, size: int = CROP) -> torch.Tensor:
-    """(N, 3, size, size) crops of a TYPER_MPP image centred on ``centres`` ((N, 2) y, x px); mirrored past edges."""
+    """(N, C, size, size) crops of a (C, H, W) TYPER_MPP image centred on ``centres`` ((N, 2) y, x px); mirrored past
+    edges."""
     half = size // 2
     h, w = image.shape[1:]
     mode = "reflect" if min(h, w) > half else "replicate"
@@ -127,6 +128,31 @@ def tumor_probability(model: nn.Module, crops: torch.Tensor, batch: int = 256) -
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
+def typer_answers(
+    labels: np.ndarray, image: torch.Tensor, mpp: float, model: nn.Module, offset: tuple[int, int] = (0, 0)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cells of ``labels`` and the typer's p(tumor) for each: ``(instances, classes, centres, p)``.
+
+    ``instances`` and ``classes`` are :func:`cells_from_labels`'s under the cell rules at ``mpp``, ``centres`` the
+    cells' centroids (N, 2) in ``labels``' pixels. ``image`` is the (3, H, W) stain-normalised RGB in [0, 1] at
+    ``mpp`` that covers ``labels``, whose pixel (0, 0) is ``image``'s pixel ``offset``; ``image`` may reach beyond
+    ``labels`` (context for the crops). A 4-channel typer also gets ``labels`` as :func:`labels_channel`.
+    """
+    instances, classes = cells_from_labels(labels, **cell_rules(mpp))
+    count = len(classes) - 1
+    centres = instance_centroids(instances, count)
+    if count == 0:
+        return instances, classes, centres, np.zeros(0, dtype=np.float32)
+    if getattr(model, "in_channels", 3) == 4:
+        own = image.new_zeros((1, *image.shape[1:]))
+        oy, ox = offset
+        own[:, oy : oy + labels.shape[0], ox : ox + labels.shape[1]] = labels_channel(labels).to(image)
+        image = torch.cat([image, own])
+    grid, scale = to_typer_grid(image, mpp)
+    at = (centres + np.asarray(offset, dtype=np.float64) + 0.5) * scale - 0.5
+    return instances, classes, centres, tumor_probability(model, crops_at(grid, at))
+
+
 def retype_labels(
     labels: np.ndarray,
     image: torch.Tensor,
@@ -137,23 +163,13 @@ def retype_labels(
 ) -> np.ndarray:
     """``labels`` with every cell's tumor / non-tumor pixels set to the typer's answer for that cell.
 
-    ``image`` is the (3, H, W) stain-normalised RGB in [0, 1] at ``mpp`` that covers ``labels``, whose pixel
-    (0, 0) is ``image``'s pixel ``offset``; ``image`` may reach beyond ``labels`` (context for the crops). Cells
-    are found with the cell rules (``cells_from_labels``); pixels of specks the rules drop keep their class. A cell
-    under ``min_tumor_um2`` is non-tumor whatever the typer says.
+    The cells, ``image`` and ``offset`` are as in :func:`typer_answers`; pixels of specks the cell rules drop keep
+    their class. A cell under ``min_tumor_um2`` is non-tumor whatever the typer says.
     """
-    instances, classes = cells_from_labels(labels, **cell_rules(mpp))
+    instances, classes, _, p = typer_answers(labels, image, mpp, model, offset)
     count = len(classes) - 1
     if count == 0:
         return labels
-    centres = instance_centroids(instances, count) + np.asarray(offset, dtype=np.float64)
-    if getattr(model, "in_channels", 3) == 4:
-        own = image.new_zeros((1, *image.shape[1:]))
-        oy, ox = offset
-        own[:, oy : oy + labels.shape[0], ox : ox + labels.shape[1]] = labels_channel(labels).to(image)
-        image = torch.cat([image, own])
-    grid, scale = to_typer_grid(image, mpp)
-    p = tumor_probability(model, crops_at(grid, (centres + 0.5) * scale - 0.5))
     typed = np.zeros(count + 1, dtype=labels.dtype)
     area_um2 = np.bincount(instances.ravel(), minlength=count + 1)[1:] * mpp * mpp
     typed[1:] = np.where((p >= 0.5) & (area_um2 >= min_tumor_um2), TUMOR, NON_TUMOR)
