@@ -2,8 +2,13 @@
 
 Crops of 80 px at 0.5 um/px centred on each BRCA-M2C point (tumor = class 2) and on each CoNSeP nucleus (tumor =
 its "epithelial" colour), stain-normalised as inference normalises (BRCA-M2C per image, CoNSeP per folder), with
-rotations, flips, shifts and colour jitter. Reports typing accuracy and tumor F1 at the annotated cells of BRCA-M2C
-val, of the sites kept out (``--exclude-sites``) and of CoNSeP val; keeps the last epoch (no selection on them).
+rotations, flips, shifts and colour jitter (``--stain-jitter``: also in haematoxylin / eosin optical density).
+Reports typing accuracy and tumor F1 at the annotated cells of BRCA-M2C val, of the sites kept out
+(``--exclude-sites``) and of CoNSeP val; keeps the last epoch (no selection on them).
+
+``--specks`` (with ``--labels``) adds non-tumor crops at the cells the segmentation reports where there is no
+nucleus: on CoNSeP, found cells with no true nucleus within 3 um (it annotates every nucleus); on BRCA-M2C, whose
+points miss many nuclei, only found cells under ``MIN_TUMOR_UM2`` with no point within 3 um.
 
     python scripts/train_cell_typer.py --out runs/typer --exclude-sites AC
 """
@@ -19,9 +24,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_histoseg.analysis.metrics import instance_centroids
+from napari_histoseg.analysis.instances import cell_rules, cells_from_labels
+from napari_histoseg.analysis.metrics import instance_centroids, match_centroids
 from napari_histoseg.classes import NON_TUMOR, TUMOR
-from napari_histoseg.engine.cell_typer import CROP, CellTyper, crops_at, labels_channel, to_typer_grid
+from napari_histoseg.engine.cell_typer import (
+    CROP,
+    MIN_TUMOR_UM2,
+    CellTyper,
+    crops_at,
+    labels_channel,
+    to_typer_grid,
+)
 from napari_histoseg.engine.jobs import load_model
 from napari_histoseg.engine.stain_transform import normalizer_for
 from napari_histoseg.training.pair_folders import find_pairs
@@ -30,6 +43,11 @@ from napari_histoseg.training.points import find_point_files, load_point_samples
 from napari_histoseg.training.samples import load_pairs, pooled_stain_stats
 
 MARGIN = 4  # px of random shift: a detected cell's centroid is not exactly the annotator's point
+SPECK_RADIUS_UM = 3.0  # a found cell this far from every true nucleus or point is not one (the evaluation's radius)
+# Optical density of haematoxylin, eosin and DAB per RGB channel (skimage's rgb_from_hed).
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
+HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 
 
 def _with_labels(image: torch.Tensor, maps: Path | None, root: Path, stem: str) -> torch.Tensor:
@@ -99,13 +117,63 @@ def consep_crops(root: Path, target, maps: Path | None) -> tuple[torch.Tensor, n
     return torch.cat(crops), np.concatenate(tumor)
 
 
+def _found_cells(labels: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids (N, 2) and areas (um^2) of the cells the segmentation found in a label map."""
+    instances, classes = cells_from_labels(labels, **cell_rules(mpp))
+    n = len(classes) - 1
+    area = np.bincount(instances.ravel(), minlength=n + 1)[1:] * mpp * mpp
+    return instance_centroids(instances, n), area
+
+
+def speck_crops(brca_train: Path, consep_train: Path, target, maps: Path, *, exclude=()) -> torch.Tensor:
+    """Crops (N, 4, ...) uint8 at found cells that are no nucleus (see the module docstring), all non-tumor."""
+    crops = []
+    spec = read_spec(brca_train, mpp=0.5, tumor_classes=[2])
+    for s in load_point_samples(find_point_files(brca_train), spec, exclude_sites=exclude):
+        labels = np.load(maps / f"brca-m2c_{brca_train.name}_{s.name}.npy")
+        centres, area = _found_cells(labels, s.mpp)
+        _, lone, _ = match_centroids(centres, s.points, SPECK_RADIUS_UM / s.mpp)
+        lone = lone[area[lone] < MIN_TUMOR_UM2]
+        if len(lone):
+            image = _with_labels(_tensor(normalize_stain(s.image, target)), maps, brca_train, s.name)
+            grid, scale = to_typer_grid(image, s.mpp)
+            crops.append(_uint8(_crops_with_margin(grid, (centres[lone] + 0.5) * scale - 0.5)))
+    samples, _ = load_pairs(find_pairs(consep_train))
+    normalize = normalizer_for(pooled_stain_stats(samples), target)
+    for s in samples:
+        mpp = s.mpp or 0.25
+        labels = np.load(maps / f"consep_{consep_train.name}_{s.name}.npy")
+        centres, _ = _found_cells(labels, mpp)
+        _, lone, _ = match_centroids(centres, instance_centroids(s.inst), SPECK_RADIUS_UM / mpp)
+        if len(lone):
+            image = _tensor(s.image)
+            if normalize is not None:
+                image = normalize(image).clamp(0, 1)
+            grid, scale = to_typer_grid(_with_labels(image, maps, consep_train, s.name), mpp)
+            crops.append(_uint8(_crops_with_margin(grid, (centres[lone] + 0.5) * scale - 0.5)))
+    return torch.cat(crops)
+
+
 def _crops_with_margin(grid: torch.Tensor, centres: np.ndarray) -> torch.Tensor:
     """Crops MARGIN px larger on each side than the typer reads, for random shifts in training."""
     return crops_at(grid, centres, CROP + 2 * MARGIN)
 
 
-def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Random shift (crop inside the margin), rotation, flip, brightness / contrast / saturation jitter."""
+def stain_jitter(rgb: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Scale each crop's haematoxylin, eosin and DAB optical densities by 1 +- ``sigma`` and shift them by +-
+    ``sigma`` / 4 (uniform; Tellez et al. 2019's H&E augmentation), RGB in [0, 1] in and out."""
+    n = len(rgb)
+    od = -torch.log(rgb.clamp(1 / 255, 1))
+    hed = torch.einsum("nchw,cd->ndhw", od, HED_FROM_RGB)
+    alpha = 1 + sigma * (torch.rand(n, 3, 1, 1) * 2 - 1)
+    beta = sigma / 4 * (torch.rand(n, 3, 1, 1) * 2 - 1)
+    od = torch.einsum("ndhw,dc->nchw", (hed * alpha + beta), RGB_FROM_HED)
+    return torch.exp(-od.clamp(min=0))
+
+
+def augment(x: torch.Tensor, rng: np.random.Generator, stain_sigma: float = 0.0) -> torch.Tensor:
+    """Random shift (crop inside the margin), rotation, flip, H&E optical density jitter (``stain_sigma``),
+    brightness / contrast / saturation jitter."""
     n = len(x)
     dy, dx = rng.integers(0, 2 * MARGIN + 1, size=2)
     x = _float(x[:, :, dy : dy + CROP, dx : dx + CROP])
@@ -113,6 +181,8 @@ def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     if rng.random() < 0.5:
         x = x.flip(3)
     rgb, own = x[:, :3], x[:, 3:]
+    if stain_sigma > 0:
+        rgb = stain_jitter(rgb, stain_sigma)
     gray = rgb.mean(1, keepdim=True)
     sat = 1 + 0.3 * (torch.rand(n, 1, 1, 1) * 2 - 1)
     rgb = gray + (rgb - gray) * sat
@@ -156,6 +226,8 @@ def main() -> None:
     parser.add_argument(
         "--labels", type=Path, help="label maps of cache_label_maps.py: train a 4-channel typer that also reads them"
     )
+    parser.add_argument("--specks", action="store_true", help="with --labels: non-tumor crops at found non-nuclei")
+    parser.add_argument("--stain-jitter", type=float, default=0.0, help="H&E optical density jitter, e.g. 0.1")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -176,6 +248,12 @@ def main() -> None:
     if not args.no_consep:
         xc, yc = consep_crops(consep / "train", target, maps)
         x_tr, y_tr = torch.cat([x_tr, xc]), np.concatenate([y_tr, yc])
+    if args.specks:
+        if maps is None:
+            parser.error("--specks needs --labels")
+        xs = speck_crops(brca / "train", consep / "train", target, maps, exclude=args.exclude_sites)
+        x_tr, y_tr = torch.cat([x_tr, xs]), np.concatenate([y_tr, np.zeros(len(xs), dtype=bool)])
+        print(f"{len(xs)} speck crops", flush=True)
     print(f"{len(y_tr)} training cells ({y_tr.mean():.2f} tumor), read in {time.perf_counter() - t0:.0f} s", flush=True)
 
     model = CellTyper(in_channels=4 if args.labels else 3).to(memory_format=torch.channels_last)
@@ -193,7 +271,7 @@ def main() -> None:
         total = 0.0
         for i in range(per_epoch):
             idx = order[i * args.batch : (i + 1) * args.batch]
-            x = augment(x_tr[idx], rng).contiguous(memory_format=torch.channels_last)
+            x = augment(x_tr[idx], rng, args.stain_jitter).contiguous(memory_format=torch.channels_last)
             loss = F.cross_entropy(model(x), target_t[idx], weight=weight)
             opt.zero_grad()
             loss.backward()
