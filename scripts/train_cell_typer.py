@@ -8,7 +8,8 @@ Reports typing accuracy and tumor F1 at the annotated cells of BRCA-M2C val, of 
 
 ``--specks`` (with ``--labels``) adds non-tumor crops at the cells the segmentation reports where there is no
 nucleus: on CoNSeP, found cells with no true nucleus within 3 um (it annotates every nucleus); on BRCA-M2C, whose
-points miss many nuclei, only found cells under ``MIN_TUMOR_UM2`` with no point within 3 um.
+points miss many nuclei, only found cells under ``MIN_TUMOR_UM2`` with no point within 3 um. ``--context 2`` adds
+a view twice as wide (80 um at 1 um/px) of each cell, to measure whether the neighbourhood helps.
 
     python scripts/train_cell_typer.py --out runs/typer --exclude-sites AC
 """
@@ -31,9 +32,9 @@ from napari_histoseg.engine.cell_typer import (
     CROP,
     MIN_TUMOR_UM2,
     CellTyper,
-    crops_at,
     labels_channel,
     to_typer_grid,
+    typer_crops,
 )
 from napari_histoseg.engine.jobs import load_model
 from napari_histoseg.engine.stain_transform import normalizer_for
@@ -63,38 +64,43 @@ def _tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
 
 
+def _is_labels(channels: int) -> torch.Tensor:
+    """Which of a crop's channels hold the labels channel: the 4th of each view when views have 4 channels
+    (RGB + labels: 4 or 8 in all), none when they have 3 (3 or 6)."""
+    per_view = 4 if channels % 4 == 0 else 3
+    return (torch.arange(channels) % per_view == 3).view(1, -1, 1, 1)
+
+
 def _uint8(crops: torch.Tensor) -> torch.Tensor:
     """RGB in [0, 1] to 0-255; a labels channel in [-1, 1] to 0-254 (127 = neither)."""
-    if crops.shape[1] > 3:
-        crops = torch.cat([crops[:, :3], (crops[:, 3:] + 1) / 2 * 254 / 255], dim=1)
+    crops = torch.where(_is_labels(crops.shape[1]), (crops + 1) / 2 * 254 / 255, crops)
     return crops.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
 def _float(crops: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`_uint8`."""
     x = crops.float() / 255
-    if x.shape[1] > 3:
-        x = torch.cat([x[:, :3], x[:, 3:] * 255 / 254 * 2 - 1], dim=1)
-    return x
+    return torch.where(_is_labels(x.shape[1]), x * 255 / 254 * 2 - 1, x)
 
 
 def point_crops(
-    root: Path, target, maps: Path | None, *, exclude=(), only=None
+    root: Path, target, maps: Path | None, *, exclude=(), only=None, context: int = 1
 ) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    """Crops (N, C, CROP+2M, CROP+2M) uint8 at the points of a BRCA-M2C folder, tumor flags, site per crop."""
+    """Crops (N, C * views, CROP+2M, CROP+2M) uint8 at the points of a BRCA-M2C folder, tumor flags, site per
+    crop."""
     spec = read_spec(root, mpp=0.5, tumor_classes=[2])
     samples = load_point_samples(find_point_files(root), spec, exclude_sites=exclude, only_sites=only)
     crops, tumor, sites = [], [], []
     for s in samples:
         image = _with_labels(_tensor(normalize_stain(s.image, target)), maps, root, s.name)
         grid, scale = to_typer_grid(image, s.mpp)
-        crops.append(_uint8(_crops_with_margin(grid, (s.points + 0.5) * scale - 0.5)))
+        crops.append(_uint8(_crops_with_margin(grid, (s.points + 0.5) * scale - 0.5, context)))
         tumor.append(s.is_tumor(spec))
         sites += [site_of(s.name)] * len(s.points)
     return torch.cat(crops), np.concatenate(tumor), sites
 
 
-def consep_crops(root: Path, target, maps: Path | None) -> tuple[torch.Tensor, np.ndarray]:
+def consep_crops(root: Path, target, maps: Path | None, context: int = 1) -> tuple[torch.Tensor, np.ndarray]:
     """Crops at the nuclei of a CoNSeP folder (instance maps), tumor flags by the class majority of each nucleus."""
     samples, _ = load_pairs(find_pairs(root))
     normalize = normalizer_for(pooled_stain_stats(samples), target)
@@ -112,7 +118,7 @@ def consep_crops(root: Path, target, maps: Path | None) -> tuple[torch.Tensor, n
             image = normalize(image).clamp(0, 1)
         grid, scale = to_typer_grid(_with_labels(image, maps, root, s.name), s.mpp or 0.25)
         centres = (instance_centroids(s.inst, n)[typed] + 0.5) * scale - 0.5
-        crops.append(_uint8(_crops_with_margin(grid, centres)))
+        crops.append(_uint8(_crops_with_margin(grid, centres, context)))
         tumor.append((t >= nt)[typed])
     return torch.cat(crops), np.concatenate(tumor)
 
@@ -125,7 +131,9 @@ def _found_cells(labels: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray
     return instance_centroids(instances, n), area
 
 
-def speck_crops(brca_train: Path, consep_train: Path, target, maps: Path, *, exclude=()) -> torch.Tensor:
+def speck_crops(
+    brca_train: Path, consep_train: Path, target, maps: Path, *, exclude=(), context: int = 1
+) -> torch.Tensor:
     """Crops (N, 4, ...) uint8 at found cells that are no nucleus (see the module docstring), all non-tumor."""
     crops = []
     spec = read_spec(brca_train, mpp=0.5, tumor_classes=[2])
@@ -137,7 +145,7 @@ def speck_crops(brca_train: Path, consep_train: Path, target, maps: Path, *, exc
         if len(lone):
             image = _with_labels(_tensor(normalize_stain(s.image, target)), maps, brca_train, s.name)
             grid, scale = to_typer_grid(image, s.mpp)
-            crops.append(_uint8(_crops_with_margin(grid, (centres[lone] + 0.5) * scale - 0.5)))
+            crops.append(_uint8(_crops_with_margin(grid, (centres[lone] + 0.5) * scale - 0.5, context)))
     samples, _ = load_pairs(find_pairs(consep_train))
     normalize = normalizer_for(pooled_stain_stats(samples), target)
     for s in samples:
@@ -150,13 +158,13 @@ def speck_crops(brca_train: Path, consep_train: Path, target, maps: Path, *, exc
             if normalize is not None:
                 image = normalize(image).clamp(0, 1)
             grid, scale = to_typer_grid(_with_labels(image, maps, consep_train, s.name), mpp)
-            crops.append(_uint8(_crops_with_margin(grid, (centres[lone] + 0.5) * scale - 0.5)))
+            crops.append(_uint8(_crops_with_margin(grid, (centres[lone] + 0.5) * scale - 0.5, context)))
     return torch.cat(crops)
 
 
-def _crops_with_margin(grid: torch.Tensor, centres: np.ndarray) -> torch.Tensor:
+def _crops_with_margin(grid: torch.Tensor, centres: np.ndarray, context: int) -> torch.Tensor:
     """Crops MARGIN px larger on each side than the typer reads, for random shifts in training."""
-    return crops_at(grid, centres, CROP + 2 * MARGIN)
+    return typer_crops(grid, centres, context, CROP + 2 * MARGIN)
 
 
 def stain_jitter(rgb: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -171,15 +179,18 @@ def stain_jitter(rgb: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.exp(-od.clamp(min=0))
 
 
-def augment(x: torch.Tensor, rng: np.random.Generator, stain_sigma: float = 0.0) -> torch.Tensor:
+def augment(x: torch.Tensor, rng: np.random.Generator, stain_sigma: float = 0.0, views: int = 1) -> torch.Tensor:
     """Random shift (crop inside the margin), rotation, flip, H&E optical density jitter (``stain_sigma``),
-    brightness / contrast / saturation jitter."""
+    brightness / contrast / saturation jitter; the same for each of a crop's ``views``."""
     n = len(x)
     dy, dx = rng.integers(0, 2 * MARGIN + 1, size=2)
     x = _float(x[:, :, dy : dy + CROP, dx : dx + CROP])
     x = torch.rot90(x, int(rng.integers(4)), (2, 3))
     if rng.random() < 0.5:
         x = x.flip(3)
+    # The views side by side, so that one colour draw covers a cell's views.
+    _, c, h, w = x.shape
+    x = x.reshape(n, views, c // views, h, w).permute(0, 2, 3, 1, 4).reshape(n, c // views, h, views * w)
     rgb, own = x[:, :3], x[:, 3:]
     if stain_sigma > 0:
         rgb = stain_jitter(rgb, stain_sigma)
@@ -188,7 +199,8 @@ def augment(x: torch.Tensor, rng: np.random.Generator, stain_sigma: float = 0.0)
     rgb = gray + (rgb - gray) * sat
     scale = 1 + 0.15 * (torch.rand(n, 3, 1, 1) * 2 - 1)
     shift = 0.06 * (torch.rand(n, 3, 1, 1) * 2 - 1)
-    return torch.cat([(rgb * scale + shift).clamp(0, 1), own], dim=1)
+    x = torch.cat([(rgb * scale + shift).clamp(0, 1), own], dim=1)
+    return x.reshape(n, c // views, h, views, w).permute(0, 3, 1, 2, 4).reshape(n, c, h, w)
 
 
 def centre(x: torch.Tensor) -> torch.Tensor:
@@ -228,6 +240,9 @@ def main() -> None:
     )
     parser.add_argument("--specks", action="store_true", help="with --labels: non-tumor crops at found non-nuclei")
     parser.add_argument("--stain-jitter", type=float, default=0.0, help="H&E optical density jitter, e.g. 0.1")
+    parser.add_argument(
+        "--context", type=int, default=1, help="also read a view this many times wider (2: 80 um), downsampled"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -237,26 +252,26 @@ def main() -> None:
     target = card.stain_stats
     brca, consep = args.data / "brca-m2c", args.data / "consep"
     t0 = time.perf_counter()
-    maps = args.labels
-    x_tr, y_tr, _ = point_crops(brca / "train", target, maps, exclude=args.exclude_sites)
-    checks = {"brca_val": point_crops(brca / "val", target, maps)[:2]}
+    maps, context = args.labels, args.context
+    x_tr, y_tr, _ = point_crops(brca / "train", target, maps, exclude=args.exclude_sites, context=context)
+    checks = {"brca_val": point_crops(brca / "val", target, maps, context=context)[:2]}
     if args.exclude_sites:
         checks["brca_held_out_" + "_".join(args.exclude_sites)] = point_crops(
-            brca / "train", target, maps, only=args.exclude_sites
+            brca / "train", target, maps, only=args.exclude_sites, context=context
         )[:2]
-    checks["consep_val"] = consep_crops(consep / "val", target, maps)
+    checks["consep_val"] = consep_crops(consep / "val", target, maps, context)
     if not args.no_consep:
-        xc, yc = consep_crops(consep / "train", target, maps)
+        xc, yc = consep_crops(consep / "train", target, maps, context)
         x_tr, y_tr = torch.cat([x_tr, xc]), np.concatenate([y_tr, yc])
     if args.specks:
         if maps is None:
             parser.error("--specks needs --labels")
-        xs = speck_crops(brca / "train", consep / "train", target, maps, exclude=args.exclude_sites)
+        xs = speck_crops(brca / "train", consep / "train", target, maps, exclude=args.exclude_sites, context=context)
         x_tr, y_tr = torch.cat([x_tr, xs]), np.concatenate([y_tr, np.zeros(len(xs), dtype=bool)])
         print(f"{len(xs)} speck crops", flush=True)
     print(f"{len(y_tr)} training cells ({y_tr.mean():.2f} tumor), read in {time.perf_counter() - t0:.0f} s", flush=True)
 
-    model = CellTyper(in_channels=4 if args.labels else 3).to(memory_format=torch.channels_last)
+    model = CellTyper(in_channels=4 if args.labels else 3, context=context).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=1e-4)
     per_epoch = len(y_tr) // args.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * per_epoch)
@@ -271,7 +286,7 @@ def main() -> None:
         total = 0.0
         for i in range(per_epoch):
             idx = order[i * args.batch : (i + 1) * args.batch]
-            x = augment(x_tr[idx], rng, args.stain_jitter).contiguous(memory_format=torch.channels_last)
+            x = augment(x_tr[idx], rng, args.stain_jitter, model.views).contiguous(memory_format=torch.channels_last)
             loss = F.cross_entropy(model(x), target_t[idx], weight=weight)
             opt.zero_grad()
             loss.backward()
@@ -285,7 +300,7 @@ def main() -> None:
     from safetensors.torch import save_file
 
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(args.out / "cell_typer.safetensors"))
+    save_file(state, str(args.out / "cell_typer.safetensors"), metadata=model.metadata())
     (args.out / "log.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "epochs": log}))
 
 

@@ -16,6 +16,7 @@ from napari_histoseg.engine.cell_typer import (
     load_cell_typer,
     retype_labels,
     to_typer_grid,
+    typer_crops,
 )
 
 
@@ -57,6 +58,36 @@ def test_crops_are_centred_and_mirrored_at_edges():
 
 def test_small_image_is_replicated_not_an_error():
     assert crops_at(torch.rand(3, 20, 30), np.array([[10, 15]])).shape == (1, 3, CROP, CROP)
+
+
+def test_context_view_is_the_same_cell_twice_as_wide():
+    image = torch.zeros(1, 200, 200)
+    image[:, 90:110, 90:110] = 1.0  # a cell at (100, 100), 20 px wide
+    crops = typer_crops(image, np.array([[99.5, 99.5]]), context=2)
+    assert crops.shape == (1, 2, CROP, CROP)
+    near, wide = crops[0, 0], crops[0, 1]
+    # Both views are centred on the cell; in the wide one it is half as large (10 of 80 px across).
+    assert near[CROP // 2, CROP // 2] == 1 and wide[CROP // 2, CROP // 2] == 1
+    assert int((near[CROP // 2] > 0.5).sum()) == 20 and int((wide[CROP // 2] > 0.5).sum()) == 10
+    assert torch.equal(typer_crops(image, np.array([[99.5, 99.5]])), crops[:, :1])
+
+
+def test_typer_with_context_round_trips_through_its_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    model = CellTyper(in_channels=4, context=2).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 8, CROP, CROP)).shape == (2, 2)
+    path = tmp_path / "typer.safetensors"
+    save_file(model.state_dict(), str(path), metadata=model.metadata())
+    loaded = load_cell_typer.__wrapped__(path)  # not the cached bundled one
+    assert (loaded.in_channels, loaded.context, loaded.views) == (4, 2, 2)
+    x = torch.rand(3, 8, CROP, CROP)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x))
+    # Weights saved before the metadata: one view, channels from the first convolution.
+    save_file(CellTyper(in_channels=4).state_dict(), str(path))
+    assert (load_cell_typer.__wrapped__(path).in_channels, load_cell_typer.__wrapped__(path).views) == (4, 1)
 
 
 def test_typer_grid_is_half_size_at_40x():

@@ -45,14 +45,18 @@ class CellTyper(nn.Module):
     """A stride-2 stem, three conv blocks with max pooling, global average pooling: logits (non-tumor, tumor).
 
     ``in_channels`` 3: the RGB crop; 4: and the segmentation's own call (:func:`labels_channel`), so the typer
-    can learn where to trust the segmentation network and where to overrule it.
+    can learn where to trust the segmentation network and where to overrule it. ``context`` > 1 adds a second
+    view of the same channels, centred on the same cell, ``context`` times wider and downsampled to CROP px
+    (:func:`typer_crops`): the nest or gland around the cell at the cost of one wider first convolution.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 3) -> None:
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 3, context: int = 1) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.context = context
+        self.views = 2 if context > 1 else 1
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, widths[0], 3, stride=2, padding=1, bias=False),
+            nn.Conv2d(in_channels * self.views, widths[0], 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
         ]
@@ -64,23 +68,34 @@ class CellTyper(nn.Module):
         self.head = nn.Linear(cin, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, CROP, CROP) RGB in [0, 1] (and the labels channel in [-1, 1]) -> (N, 2) logits."""
-        rgb = (x[:, :3] - MEAN) / STD
-        x = torch.cat([rgb, x[:, 3:]], dim=1) if x.shape[1] > 3 else rgb
-        return self.head(self.features(x).mean(dim=(2, 3)))
+        """(N, C * views, CROP, CROP), each view RGB in [0, 1] (and the labels channel in [-1, 1]) -> (N, 2)
+        logits."""
+        n, _, h, w = x.shape
+        x = x.reshape(n, self.views, self.in_channels, h, w)
+        rgb = (x[:, :, :3] - MEAN) / STD
+        x = torch.cat([rgb, x[:, :, 3:]], dim=2) if self.in_channels > 3 else rgb
+        return self.head(self.features(x.reshape(n, -1, h, w)).mean(dim=(2, 3)))
+
+    def metadata(self) -> dict[str, str]:
+        """What :func:`load_cell_typer` needs besides the weights (saved in the safetensors header)."""
+        return {"in_channels": str(self.in_channels), "context": str(self.context)}
 
 
 @lru_cache(maxsize=2)
 def load_cell_typer(path: Path = WEIGHTS) -> CellTyper:
     """The typer with the weights at ``path`` (the bundled ones by default), in eval mode on the CPU."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
         state = load_file(str(path))
-        model = CellTyper(in_channels=int(state["features.0.weight"].shape[1]))
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        # Weights saved before the metadata: one view, channels from the first convolution.
+        channels = int(meta.get("in_channels", state["features.0.weight"].shape[1]))
+        model = CellTyper(in_channels=channels, context=int(meta.get("context", 1)))
         model.load_state_dict(state)
-    except (OSError, RuntimeError, KeyError, SafetensorError) as err:
+    except (OSError, RuntimeError, KeyError, ValueError, SafetensorError) as err:
         raise ValueError(f"{path}: not a cell typer's weights ({err})") from err
     return model.eval()
 
@@ -114,6 +129,18 @@ def crops_at(image: torch.Tensor, centres: np.ndarray, size: int = CROP) -> torc
     rows = torch.as_tensor(yx[:, 0], device=image.device)[:, None] + torch.arange(size, device=image.device)
     cols = torch.as_tensor(yx[:, 1], device=image.device)[:, None] + torch.arange(size, device=image.device)
     return padded[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)
+
+
+def typer_crops(grid: torch.Tensor, centres: np.ndarray, context: int = 1, size: int = CROP) -> torch.Tensor:
+    """What a typer with ``context`` reads at ``centres`` of a TYPER_MPP ``grid``: :func:`crops_at`'s crops of
+    ``size`` px and, for ``context`` > 1, the same cells' crops of the grid downsampled ``context`` times (the
+    views side by side on the channel axis)."""
+    crops = crops_at(grid, centres, size)
+    if context <= 1:
+        return crops
+    coarse = F.avg_pool2d(grid[None], context, ceil_mode=True)[0]
+    wide = crops_at(coarse, (np.asarray(centres, dtype=np.float64) + 0.5) / context - 0.5, size)
+    return torch.cat([crops, wide], dim=1)
 
 
 @torch.inference_mode()
@@ -150,7 +177,7 @@ def typer_answers(
         image = torch.cat([image, own])
     grid, scale = to_typer_grid(image, mpp)
     at = (centres + np.asarray(offset, dtype=np.float64) + 0.5) * scale - 0.5
-    return instances, classes, centres, tumor_probability(model, crops_at(grid, at))
+    return instances, classes, centres, tumor_probability(model, typer_crops(grid, at, getattr(model, "context", 1)))
 
 
 def retype_labels(
