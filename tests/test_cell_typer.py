@@ -105,14 +105,15 @@ def test_retype_sets_each_cell_from_its_crop_and_keeps_the_rest():
     image[:, 20:40, 20:40] = 0.1
     labels[70:90, 70:90] = TUMOR  # a pale cell called tumor: becomes non-tumor
     labels[100:102, 10:12] = TUMOR  # a speck under the cell rules' smallest cell: left alone
-    labels[60:70, 20:30] = TUMOR  # a dark cell of 6 um^2: too small for a carcinoma nucleus
+    labels[60:70, 20:30] = TUMOR  # a dark cell of 6 um^2: the typer's call, unless an area rule says non-tumor
     image[:, 60:70, 20:30] = 0.1
     out = retype_labels(labels, image, 0.25, DarkIsTumor())
     assert (out[21:40, 20:40] == TUMOR).all()
     assert (out[20, 20:40] == BOUNDARY).all()
     assert (out[70:90, 70:90] == NON_TUMOR).all()
     assert (out[100:102, 10:12] == TUMOR).all()
-    assert (out[60:70, 20:30] == NON_TUMOR).all()
+    assert (out[60:70, 20:30] == TUMOR).all()
+    assert (retype_labels(labels, image, 0.25, DarkIsTumor(), min_tumor_um2=10)[60:70, 20:30] == NON_TUMOR).all()
     assert (retype_labels(labels, image, 0.25, DarkIsTumor(), min_tumor_um2=5)[60:70, 20:30] == TUMOR).all()
     assert (out[labels == BACKGROUND] == BACKGROUND).all()
     assert labels[70, 70] == TUMOR  # the input is not modified

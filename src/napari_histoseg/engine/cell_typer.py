@@ -25,9 +25,10 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "cell_typer.safetens
 TYPER_MPP = 0.5  # um/px of the crops the typer reads
 CROP = 80  # px at TYPER_MPP: 40 um, a nucleus and its neighbours
 MEAN, STD = 0.7, 0.2  # of RGB in 0-1 on stain-normalised H&E
-#: Cells smaller than this (um^2, boundary ring included) are typed non-tumor: a carcinoma nucleus is larger, and
-#: the typer never saw the specks and fragments the segmentation also reports (docs/cell-typer.md).
-MIN_TUMOR_UM2 = 10.0
+#: Cells smaller than this (um^2, boundary ring included) can be typed non-tumor whatever the typer says. Off (0):
+#: the bundled typer learnt the specks the segmentation reports as non-tumor itself, and scored better without the
+#: rule (docs/cell-typer.md); an earlier typer that never saw specks needed 10.
+MIN_TUMOR_UM2 = 0.0
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
