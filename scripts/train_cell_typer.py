@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from napari_histoseg.training.point_training import normalize_stain
 from napari_histoseg.training.points import find_point_files, load_point_samples, read_spec, site_of
 from napari_histoseg.training.samples import load_pairs, pooled_stain_stats
 
+CONSEP_MPP = 0.25  # CoNSeP's resolution where a sample does not state one
 MARGIN = 4  # px of random shift: a detected cell's centroid is not exactly the annotator's point
 # A found cell under this area (um^2) with no point near is taken for a speck on BRCA-M2C: larger ones may be real,
 # unannotated nuclei (docs/cell-typer.md: the median area of found cells with no point near is 7.8 um^2).
@@ -85,17 +87,34 @@ def _float(crops: torch.Tensor) -> torch.Tensor:
     return torch.where(_is_labels(x.shape[1]), x * 255 / 254 * 2 - 1, x)
 
 
+def _point_grids(root: Path, spec, target, maps: Path | None, **select) -> Iterator[tuple]:
+    """``(sample, grid, scale)`` of each image of a BRCA-M2C folder: the image stain-normalised on its own (as
+    ``histoseg evaluate`` on points does), with its labels channel when ``maps`` are given, on the typer's grid."""
+    for s in load_point_samples(find_point_files(root), spec, **select):
+        image = _with_labels(_tensor(normalize_stain(s.image, target)), maps, root, s.name)
+        yield s, *to_typer_grid(image, s.mpp)
+
+
+def _consep_grids(root: Path, target, maps: Path | None) -> Iterator[tuple]:
+    """``(sample, grid, scale)`` of each image of a CoNSeP folder: normalised from the folder's pooled colours (as
+    ``histoseg evaluate`` on pairs does), with its labels channel when ``maps`` are given, on the typer's grid."""
+    samples, _ = load_pairs(find_pairs(root))
+    normalize = normalizer_for(pooled_stain_stats(samples), target)
+    for s in samples:
+        image = _tensor(s.image)
+        if normalize is not None:
+            image = normalize(image).clamp(0, 1)
+        yield s, *to_typer_grid(_with_labels(image, maps, root, s.name), s.mpp or CONSEP_MPP)
+
+
 def point_crops(
     root: Path, target, maps: Path | None, *, exclude=(), only=None, context: int = 1
 ) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """Crops (N, C * views, CROP+2M, CROP+2M) uint8 at the points of a BRCA-M2C folder, tumor flags, site per
     crop."""
     spec = read_spec(root, mpp=0.5, tumor_classes=[2])
-    samples = load_point_samples(find_point_files(root), spec, exclude_sites=exclude, only_sites=only)
     crops, tumor, sites = [], [], []
-    for s in samples:
-        image = _with_labels(_tensor(normalize_stain(s.image, target)), maps, root, s.name)
-        grid, scale = to_typer_grid(image, s.mpp)
+    for s, grid, scale in _point_grids(root, spec, target, maps, exclude_sites=exclude, only_sites=only):
         crops.append(_uint8(_crops_with_margin(grid, (s.points + 0.5) * scale - 0.5, context)))
         tumor.append(s.is_tumor(spec))
         sites += [site_of(s.name)] * len(s.points)
@@ -104,10 +123,8 @@ def point_crops(
 
 def consep_crops(root: Path, target, maps: Path | None, context: int = 1) -> tuple[torch.Tensor, np.ndarray]:
     """Crops at the nuclei of a CoNSeP folder (instance maps), tumor flags by the class majority of each nucleus."""
-    samples, _ = load_pairs(find_pairs(root))
-    normalize = normalizer_for(pooled_stain_stats(samples), target)
     crops, tumor = [], []
-    for s in samples:
+    for s, grid, scale in _consep_grids(root, target, maps):
         n = int(s.inst.max())
         if n == 0:
             continue
@@ -115,10 +132,6 @@ def consep_crops(root: Path, target, maps: Path | None, context: int = 1) -> tup
         t = np.bincount(flat, weights=(s.labels == TUMOR).ravel(), minlength=n + 1)[1:]
         nt = np.bincount(flat, weights=(s.labels == NON_TUMOR).ravel(), minlength=n + 1)[1:]
         typed = (t + nt) > 0  # ids the map skips have no pixels, so no class either
-        image = _tensor(s.image)
-        if normalize is not None:
-            image = normalize(image).clamp(0, 1)
-        grid, scale = to_typer_grid(_with_labels(image, maps, root, s.name), s.mpp or 0.25)
         centres = (instance_centroids(s.inst, n)[typed] + 0.5) * scale - 0.5
         crops.append(_uint8(_crops_with_margin(grid, centres, context)))
         tumor.append((t >= nt)[typed])
@@ -136,31 +149,20 @@ def _found_cells(labels: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray
 def speck_crops(
     brca_train: Path, consep_train: Path, target, maps: Path, *, exclude=(), context: int = 1
 ) -> torch.Tensor:
-    """Crops (N, 4, ...) uint8 at found cells that are no nucleus (see the module docstring), all non-tumor."""
+    """Crops (N, 4 * views, ...) uint8 at found cells that are no nucleus (see the module docstring), all
+    non-tumor."""
     crops = []
     spec = read_spec(brca_train, mpp=0.5, tumor_classes=[2])
-    for s in load_point_samples(find_point_files(brca_train), spec, exclude_sites=exclude):
-        labels = np.load(maps / f"brca-m2c_{brca_train.name}_{s.name}.npy")
-        centres, area = _found_cells(labels, s.mpp)
+    for s, grid, scale in _point_grids(brca_train, spec, target, maps, exclude_sites=exclude):
+        centres, area = _found_cells(np.load(maps / f"brca-m2c_{brca_train.name}_{s.name}.npy"), s.mpp)
         _, lone, _ = match_centroids(centres, s.points, SPECK_RADIUS_UM / s.mpp)
         lone = lone[area[lone] < SPECK_MAX_UM2]
-        if len(lone):
-            image = _with_labels(_tensor(normalize_stain(s.image, target)), maps, brca_train, s.name)
-            grid, scale = to_typer_grid(image, s.mpp)
-            crops.append(_uint8(_crops_with_margin(grid, (centres[lone] + 0.5) * scale - 0.5, context)))
-    samples, _ = load_pairs(find_pairs(consep_train))
-    normalize = normalizer_for(pooled_stain_stats(samples), target)
-    for s in samples:
-        mpp = s.mpp or 0.25
-        labels = np.load(maps / f"consep_{consep_train.name}_{s.name}.npy")
-        centres, _ = _found_cells(labels, mpp)
+        crops.append(_uint8(_crops_with_margin(grid, (centres[lone] + 0.5) * scale - 0.5, context)))
+    for s, grid, scale in _consep_grids(consep_train, target, maps):
+        mpp = s.mpp or CONSEP_MPP
+        centres, _ = _found_cells(np.load(maps / f"consep_{consep_train.name}_{s.name}.npy"), mpp)
         _, lone, _ = match_centroids(centres, instance_centroids(s.inst), SPECK_RADIUS_UM / mpp)
-        if len(lone):
-            image = _tensor(s.image)
-            if normalize is not None:
-                image = normalize(image).clamp(0, 1)
-            grid, scale = to_typer_grid(_with_labels(image, maps, consep_train, s.name), mpp)
-            crops.append(_uint8(_crops_with_margin(grid, (centres[lone] + 0.5) * scale - 0.5, context)))
+        crops.append(_uint8(_crops_with_margin(grid, (centres[lone] + 0.5) * scale - 0.5, context)))
     return torch.cat(crops)
 
 

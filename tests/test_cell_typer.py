@@ -87,7 +87,8 @@ def test_typer_with_context_round_trips_through_its_weights_file(tmp_path):
         assert torch.allclose(loaded(x), model(x))
     # Weights saved before the metadata: one view, channels from the first convolution.
     save_file(CellTyper(in_channels=4).state_dict(), str(path))
-    assert (load_cell_typer.__wrapped__(path).in_channels, load_cell_typer.__wrapped__(path).views) == (4, 1)
+    old = load_cell_typer.__wrapped__(path)
+    assert (old.in_channels, old.views) == (4, 1)
 
 
 def test_typer_grid_is_half_size_at_40x():

@@ -55,7 +55,6 @@ class CellTyper(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.context = context
-        self.views = 2 if context > 1 else 1
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels * self.views, widths[0], 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(widths[0]),
@@ -67,6 +66,11 @@ class CellTyper(nn.Module):
             cin = cout
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(cin, 2)
+
+    @property
+    def views(self) -> int:
+        """Crops read per cell: the crop, and the context view when there is one."""
+        return 2 if self.context > 1 else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C * views, CROP, CROP), each view RGB in [0, 1] (and the labels channel in [-1, 1]) -> (N, 2)
