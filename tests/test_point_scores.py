@@ -26,6 +26,24 @@ def test_pairs_within_the_radius_and_counts_types():
     assert s["detection_precision"] == 0.5 and s["detection_recall"] == pytest.approx(2 / 3)
     assert s["type_f1_tumor"] == pytest.approx(2 * 1 / (2 * 1 + 2 * 1))
     assert s["cellularity_mae"] == pytest.approx(abs(0.5 - 2 / 3))
+    # The paper's equation also credits the non-tumor pair typed non-tumor (none here: the one non-tumor point is
+    # unpaired) and judges the unpaired found cells: [10, 10] is paired, [50, 50] (tumor) and [90, 90] are not.
+    assert row.tumor_counts_paper == [1, 0, 0, 1, 1, 0]
+    assert row.non_tumor_counts_paper == [0, 1, 1, 0, 1, 1]
+    assert s["type_f1_tumor_paper"] == pytest.approx(2 * 1 / (2 * 1 + 2 * 1 + 1))
+
+
+def test_paper_equation_counts_right_pairs_of_the_other_type():
+    # Four pairs: 2 tumor points typed tumor, 1 typed non-tumor, 1 non-tumor point typed non-tumor; one found tumor
+    # cell with no point; one tumor point with no cell.
+    cells = np.array([[0, 0], [0, 20], [0, 40], [0, 60], [40, 0]], float)
+    points = np.array([[0, 0], [0, 20], [0, 40], [0, 60], [80, 80]], float)
+    row = score_image("x", "A", cells, np.array([1, 1, 2, 2, 1]), points, np.array([1, 1, 1, 0, 1], bool), 3)
+    assert row.tumor_counts == [2, 0, 0, 1, 0, 1]
+    assert row.tumor_counts_paper == [2, 1, 0, 1, 1, 1]
+    s = summarize([row])
+    assert s["type_f1_tumor"] == pytest.approx(4 / (4 + 2 + 1))
+    assert s["type_f1_tumor_paper"] == pytest.approx(6 / (6 + 2 + 1 + 1))
 
 
 def test_groups_and_correlation():

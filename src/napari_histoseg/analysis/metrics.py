@@ -154,16 +154,20 @@ def type_counts(
     unpaired_pred_type: np.ndarray,
     unpaired_gt_type: np.ndarray,
     type_id: int,
+    count_tn: bool = False,
 ) -> np.ndarray:
     """HoVer-Net's counts for class ``type_id``: [TP_c, TN_c, FP_c, FN_c, FP_d, FN_d] (int64).
 
-    True cells of type 0 (no class) are ignored among the pairs.
+    True cells of type 0 (no class) are ignored among the pairs. As in HoVer-Net's code, only pairs where the truth
+    or the prediction is ``type_id`` are counted, so TN_c is 0 with two types; ``count_tn`` keeps every pair, so
+    TN_c counts the pairs typed right as another type (the equation as the HoVer-Net paper writes it).
     """
     pp, pg = np.asarray(paired_pred_type), np.asarray(paired_gt_type)
     known = pg != 0
     pp, pg = pp[known], pg[known]
-    relevant = (pg == type_id) | (pp == type_id)
-    pp, pg = pp[relevant], pg[relevant]
+    if not count_tn:
+        relevant = (pg == type_id) | (pp == type_id)
+        pp, pg = pp[relevant], pg[relevant]
     tp = np.sum((pg == type_id) & (pp == type_id))
     tn = np.sum((pg != type_id) & (pp != type_id))
     fp = np.sum((pg != type_id) & (pp == type_id))

@@ -3,7 +3,10 @@
 Cells are paired one-to-one with points within a radius (optimal assignment, ``metrics.match_centroids``).
 Point sets annotate some nuclei, not all, so a found cell with no point near it may be a real, unannotated nucleus:
 detection precision is a lower bound, and the type F1 (HoVer-Net's formula, ``metrics.type_f1_from_counts``)
-leaves out the unpaired found cells (FP_d = 0) and counts the unpaired points (FN_d). Tumor cellularity is
+leaves out the unpaired found cells (FP_d = 0) and counts the unpaired points (FN_d). A second type F1 follows the
+equation as the HoVer-Net paper writes it: it also credits the pairs typed right as the other type (TN) and counts
+the unpaired found cells of the type (FP_d) ("paper"; the issue that asked for point scores quoted its figures with
+it: see docs/point-training.md). Tumor cellularity is
 compared per image: the annotators' (tumor points / points) against what the tool reports (tumor cells / cells
 found) and against the type of the paired cells only ("at annotated cells").
 """
@@ -34,6 +37,8 @@ class ImagePointScore:
     matched_tumor_cells: int
     tumor_counts: list[int] = field(default_factory=list)  # [TP, TN, FP, FN, FP_d, FN_d]
     non_tumor_counts: list[int] = field(default_factory=list)
+    tumor_counts_paper: list[int] = field(default_factory=list)  # the same, TN counted and FP_d judged
+    non_tumor_counts_paper: list[int] = field(default_factory=list)
 
     @property
     def true_cellularity(self) -> float:
@@ -71,11 +76,17 @@ def score_image(
     centroids = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
     cell_classes = np.asarray(cell_classes).reshape(-1)
     point_types = np.where(np.asarray(point_is_tumor, dtype=bool).reshape(-1), TUMOR, NON_TUMOR)
-    pairs, _, unpaired_gt = match_centroids(centroids, points, radius)
+    pairs, unpaired_pred, unpaired_gt = match_centroids(centroids, points, radius)
     paired_pred, paired_gt = cell_classes[pairs[:, 0]], point_types[pairs[:, 1]]
     no_fp_d = np.zeros(0, dtype=point_types.dtype)  # unpaired found cells are not judged (module doc)
     counts = {
         t: type_counts(paired_pred, paired_gt, no_fp_d, point_types[unpaired_gt], t).tolist()
+        for t in (TUMOR, NON_TUMOR)
+    }
+    paper = {
+        t: type_counts(
+            paired_pred, paired_gt, cell_classes[unpaired_pred], point_types[unpaired_gt], t, count_tn=True
+        ).tolist()
         for t in (TUMOR, NON_TUMOR)
     }
     return ImagePointScore(
@@ -89,6 +100,8 @@ def score_image(
         matched_tumor_cells=int((paired_pred == TUMOR).sum()),
         tumor_counts=counts[TUMOR],
         non_tumor_counts=counts[NON_TUMOR],
+        tumor_counts_paper=paper[TUMOR],
+        non_tumor_counts_paper=paper[NON_TUMOR],
     )
 
 
@@ -103,8 +116,8 @@ def pearson_r(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def summarize(rows: Iterable[ImagePointScore]) -> dict:
-    """Pooled scores of images: detection precision / recall / F1, tumor and non-tumor type F1, and per-image
-    cellularity MAE and Pearson r (reported and at annotated cells)."""
+    """Pooled scores of images: detection precision / recall / F1, tumor and non-tumor type F1 (both formulas of
+    the module doc), and per-image cellularity MAE and Pearson r (reported and at annotated cells)."""
     rows = list(rows)
     points = sum(r.points for r in rows)
     cells = sum(r.cells for r in rows)
@@ -112,8 +125,10 @@ def summarize(rows: Iterable[ImagePointScore]) -> dict:
     precision = matched / cells if cells else float("nan")
     recall = matched / points if points else float("nan")
     f1 = 2 * matched / (cells + points) if cells + points else float("nan")
-    tumor = np.sum([r.tumor_counts for r in rows], axis=0) if rows else np.zeros(6)
-    other = np.sum([r.non_tumor_counts for r in rows], axis=0) if rows else np.zeros(6)
+
+    def pooled(key: str) -> np.ndarray:
+        return np.sum([getattr(r, key) for r in rows], axis=0) if rows else np.zeros(6)
+
     truth = [r.true_cellularity for r in rows]
     reported = [r.reported_cellularity for r in rows]
     at_points = [r.matched_cellularity for r in rows]
@@ -130,8 +145,10 @@ def summarize(rows: Iterable[ImagePointScore]) -> dict:
         "detection_precision": precision,
         "detection_recall": recall,
         "detection_f1": f1,
-        "type_f1_tumor": type_f1_from_counts(tumor),
-        "type_f1_non_tumor": type_f1_from_counts(other),
+        "type_f1_tumor": type_f1_from_counts(pooled("tumor_counts")),
+        "type_f1_non_tumor": type_f1_from_counts(pooled("non_tumor_counts")),
+        "type_f1_tumor_paper": type_f1_from_counts(pooled("tumor_counts_paper")),
+        "type_f1_non_tumor_paper": type_f1_from_counts(pooled("non_tumor_counts_paper")),
         "cellularity_mae": mae(reported),
         "cellularity_r": pearson_r(reported, truth),
         "cellularity_mae_at_points": mae(at_points),
@@ -158,6 +175,7 @@ def format_table(by_group: dict[str, dict]) -> str:
         ("det F1", "detection_f1", "{:.3f}"),
         ("tumor F1", "type_f1_tumor", "{:.3f}"),
         ("non-tumor F1", "type_f1_non_tumor", "{:.3f}"),
+        ("tumor paper", "type_f1_tumor_paper", "{:.3f}"),
         ("cell. MAE", "cellularity_mae", "{:.3f}"),
         ("cell. r", "cellularity_r", "{:.3f}"),
         ("MAE@pts", "cellularity_mae_at_points", "{:.3f}"),
