@@ -2,6 +2,7 @@
 
     python scripts/bundle_model.py runs/default-consep/best.safetensors [--val ../shared/data/consep/val]
     python scripts/bundle_model.py --refresh      # re-evaluate the shipped model (e.g. after the cell rules change)
+                                                  # as shipped: with the cell typer it turns on, on BRCA-M2C too
     python scripts/bundle_model.py runs/brca1/best.safetensors --check   # measure against the targets, ship nothing
 
 A checkpoint trained with point-labelled BRCA-M2C data (``histoseg train --points``) is also measured on BRCA-M2C
@@ -39,9 +40,10 @@ BRCA_NOTE = (
     "non-tumor), with partial targets from the starting model's cells (docs/point-training.md)."
 )
 #: What a model must reach to be shipped (issue 24): on BRCA-M2C images from hospitals left out of training and
-#: on BRCA-M2C val, and on CoNSeP val no worse than the model it replaces.
+#: on BRCA-M2C val, and on CoNSeP val no worse than the model it replaces. The BRCA-M2C type F1 is the HoVer-Net
+#: paper's equation, the one the issue's own figures were computed with (docs/point-training.md).
 TARGETS = {
-    "brca": {"type_f1_tumor": 0.80, "cellularity_mae": 0.10, "cellularity_r": 0.85},
+    "brca": {"type_f1_tumor_paper": 0.80, "cellularity_mae": 0.10, "cellularity_r": 0.85},
     "consep_val": {"detection_f1": 0.713, "type_f1_tumor": 0.608},
 }
 DATA_NOTE = (
@@ -51,6 +53,21 @@ DATA_NOTE = (
     "inflammatory + spindle-shaped + other. CoNSeP is released for research use; cite the HoVer-Net paper. "
     "The weights are distributed under the package's BSD-3-Clause licence, with that data-use note."
 )
+
+
+#: The cell typer the shipped model runs with by default (engine/cell_typer.py), recorded in its card.
+TYPER_HELD_OUT = ["AC"]
+TYPER_NOTE = {
+    "weights": "cell_typer.safetensors (297k parameters), on by default with this model only",
+    "data": "BRCA-M2C train sites A7 and A8 (Abousamra et al., ICCV 2021; BSD-3-Clause): a crop at each annotated "
+    "cell, class 2 tumor/epithelial = tumor, 1 and 3 non-tumor; CoNSeP train cells (research use, cite HoVer-Net); "
+    "7,995 non-tumor crops at cells this model reports where no nucleus is (specks). Site AC held out.",
+    "resolution": "80 px crops at 0.5 um/px (40 um) around each cell; CoNSeP's 0.25 um/px resampled to 0.5",
+    "command": "python scripts/train_cell_typer.py --out runs/typer5 --exclude-sites AC --labels runs/label_maps "
+    "--specks --stain-jitter 0.1",
+    "hardware": "2-core x86-64 CPU (no GPU), torch 2.13 CPU build",
+    "training_time": "18 min (6 epochs) + 1.5 min reading crops",
+}
 
 
 def _init_chain(config: dict) -> list[dict]:
@@ -141,6 +158,10 @@ def refresh() -> None:
     path = TARGET.with_suffix(".safetensors")
     model, card = load_checkpoint(path)
     card.metrics = _metrics(Path(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_VAL, path)
+    card.metrics.update(_point_metrics(path, {"exclude_sites": TYPER_HELD_OUT}))
+    card.training["cell_typer"] = TYPER_NOTE
+    misses = check_targets(card.metrics)
+    print("targets: " + ("all met" if not misses else "missed: " + "; ".join(misses)))
     save_checkpoint(TARGET, model, card, half=True)
     if read_card(path).sha256 != card.sha256:
         raise SystemExit("re-saving changed the weights' bytes")

@@ -157,7 +157,7 @@ def test_inference_with_the_typer_changes_only_cell_types(brca_dir):
     path = sorted((brca_dir / "val" / "input").glob("TCGA-A8-*.png"))[0]
     image = imread(path)[..., :3]
     model, card = load_model(None)
-    plain = run(segment_image(image, model, card, InferenceSettings(device="cpu"), mpp=0.5)).labels
+    plain = run(segment_image(image, model, card, InferenceSettings(device="cpu", cell_typer=False), mpp=0.5)).labels
     labels = run(segment_image(image, model, card, InferenceSettings(device="cpu", cell_typer=True), mpp=0.5)).labels
     cell = np.isin(plain, (TUMOR, NON_TUMOR))
     assert np.array_equal(labels[~cell], plain[~cell])  # background and boundary untouched
@@ -171,7 +171,7 @@ def test_settings_record_the_typer_and_the_predictor_carries_it():
     from napari_histoseg.model.resunetpp import ModelConfig, build_model
 
     assert InferenceSettings(cell_typer=True).result_settings()["cell_typer"] is True  # a resumed run must match
-    assert InferenceSettings().result_settings()["cell_typer"] is False
+    assert InferenceSettings(cell_typer=False).result_settings()["cell_typer"] is False
     net = build_model(ModelConfig.scaled(0.25))
     assert isinstance(make_predictor(net, InferenceSettings(device="cpu", cell_typer=True)).typer, CellTyper)
     assert make_predictor(net, InferenceSettings(device="cpu")).typer is None
@@ -185,4 +185,18 @@ def test_cli_takes_the_typer_option():
     parser = argparse.ArgumentParser()
     add_inference_options(parser, slide_options=True)
     assert settings_of(parser.parse_args(["--cell-typer"])).cell_typer is True
-    assert settings_of(parser.parse_args([])).cell_typer is False
+    assert settings_of(parser.parse_args(["--no-cell-typer"])).cell_typer is False
+    assert settings_of(parser.parse_args([])).cell_typer is None  # decided by the model
+
+
+def test_the_typer_is_on_by_default_for_the_bundled_model_only():
+    from napari_histoseg.engine.infer import InferenceSettings
+    from napari_histoseg.engine.jobs import load_model
+    from napari_histoseg.model.checkpoint import ModelCard
+
+    _, bundled = load_model(None)
+    other = ModelCard(**{**bundled.to_dict(), "sha256": "0" * 64})
+    assert InferenceSettings().for_model(bundled).cell_typer is True
+    assert InferenceSettings().for_model(other).cell_typer is False
+    assert InferenceSettings(cell_typer=False).for_model(bundled).cell_typer is False
+    assert InferenceSettings(cell_typer=True).for_model(other).cell_typer is True

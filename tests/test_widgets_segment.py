@@ -362,7 +362,7 @@ def test_test_time_flips_checkbox_runs_four_flips_per_window(
     assert viewer.layers[-1].data.max() > 0
 
 
-def test_cell_typer_checkbox_retypes_the_cells(make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch) -> None:
+def test_cell_typer_choice_retypes_the_cells(make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch) -> None:
     from napari_histoseg.engine import jobs
     from napari_histoseg.engine.cell_typer import CellTyper
 
@@ -373,12 +373,12 @@ def test_cell_typer_checkbox_retypes_the_cells(make_napari_viewer, qtbot, tiny_c
     viewer = make_napari_viewer()
     viewer.add_image(real_tissue(128, 128, y=700, x=1000), rgb=True, name="tissue")
     widget = _widget(viewer, tiny_checkpoint, tile=128, batch_size=1)
-    assert widget.cell_typer.value is False  # opt-in: it costs CoNSeP tumor typing (docs/cell-typer.md)
+    assert widget.cell_typer.value == "auto"  # on only with the bundled model, which this one is not
     _run(qtbot, widget)
     assert not calls
-    widget.cell_typer.value = True
+    widget.cell_typer.value = "on"
     assert widget.request().settings.cell_typer is True
     _run(qtbot, widget)
-    assert load_settings("segment")["cell_typer"] is True
+    assert load_settings("segment")["cell_typer_mode"] == "on"
     labels = viewer.layers[-1].data
     assert ((labels == 1) | (labels == 2)).any() and calls  # cells were found and the typer was asked about them

@@ -14,6 +14,8 @@ from .form import PathField, tip
 from .workers import device_choices
 
 EXTENTS = ("whole image", "current view", "shapes")
+#: The cell typer choices and the engine's setting each stands for (``InferenceSettings.cell_typer``).
+CELL_TYPER_CHOICES = {"auto": None, "on": True, "off": False}
 
 
 def default_output_dir() -> Path:
@@ -38,8 +40,9 @@ TIPS = {
     "slides from the lab the model was trained on",
     "test_time_flips": "average the model's output over the four flips of each tile: slightly more accurate, 4x slower",
     "cell_typer": "decide each cell's type (tumor or not) again from a 40 um crop around it with the cell typer, "
-    "trained on breast carcinoma (BRCA-M2C) and colon (CoNSeP) cells with the bundled model: use it on breast tissue; "
-    "it overrides the types of a model you fine-tuned; about 6-9 s more per 1000 cells on a 2-core CPU",
+    "trained on breast carcinoma (BRCA-M2C) and colon (CoNSeP) cells beside the bundled model. auto: on with the "
+    "bundled model, off with a model you trained or added (it would override its types); about 6 s more per 1000 "
+    "cells on a 2-core CPU",
     "measure": "after segmenting, count the cells and compute the tumor cellularity (per Shapes region too)",
     "cellularity_map": "add an image layer colouring each 256 px square by its tumor cellularity",
     "new_layer": "put the result in a new layer instead of replacing the previous result of this image",
@@ -66,7 +69,7 @@ class AdvancedControls:
     PERSISTED = {
         "device": "device", "batch_size": "batch_size", "tile": "tile", "overlap": "overlap", "opening": "opening",
         "block": "block", "skip_background": "skip_background", "stain_normalize": "stain_normalize",
-        "test_time_flips": "test_time_flips", "cell_typer": "cell_typer", "output_dir": "output_dir",
+        "test_time_flips": "test_time_flips", "cell_typer_mode": "cell_typer", "output_dir": "output_dir",
         "scheduler": "scheduler", "measure": "measure", "cellularity_map": "cellularity_map",
     }  # fmt: skip
     #: Only for slides.
@@ -78,7 +81,7 @@ class AdvancedControls:
         self.device = ComboBox(label="device", choices=device_choices(), value=d.device)
         self.stain_normalize = CheckBox(text="stain normalisation", value=d.stain_normalize)
         self.test_time_flips = CheckBox(text="test-time flips (4x slower)", value=d.test_time_flips)
-        self.cell_typer = CheckBox(text="cell typer (second look at each cell's type)", value=d.cell_typer)
+        self.cell_typer = ComboBox(label="cell typer", choices=list(CELL_TYPER_CHOICES), value="auto")
         self.measure = CheckBox(text="count cells (tumor cellularity)", value=True)
         self.cellularity_map = CheckBox(text="cellularity map layer", value=False)
         self.new_layer = CheckBox(text="new layer (keep the previous result)", value=False)
@@ -114,7 +117,7 @@ class AdvancedControls:
             skip_background=self.skip_background.value,
             stain_normalize=self.stain_normalize.value,
             test_time_flips=self.test_time_flips.value,
-            cell_typer=self.cell_typer.value,
+            cell_typer=CELL_TYPER_CHOICES[self.cell_typer.value],
             batch_size=self.batch_size.value,
             device=self.device.value,
         )

@@ -38,7 +38,10 @@ class StderrProgress:
 
 FP32_HELP = "compute in float32 throughout (default: bf16 autocast where faster: CUDA, CPUs with AMX or AVX512-BF16)"
 TTA_HELP = "test-time augmentation: average the logits over the four flips of the image (4x the work, more accurate)"
-CELL_TYPER_HELP = "retype each cell found from a 40 um crop around it with the cell typer (better on breast carcinoma)"
+CELL_TYPER_HELP = (
+    "retype each cell found from a 40 um crop around it with the cell typer (better on breast carcinoma); "
+    "default: on with the bundled model, off with --model (it would override a fine-tuned model's types)"
+)
 NO_STAIN_HELP = "do not map the image's stain colours onto the model's training data (Reinhard normalisation)"
 SETTING_NAMES = {f.name for f in fields(InferenceSettings)}
 

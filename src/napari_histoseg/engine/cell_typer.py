@@ -9,6 +9,7 @@ all follow it. Trained by ``scripts/train_cell_typer.py`` on BRCA-M2C points and
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from ..analysis.metrics import instance_centroids
 from ..classes import NON_TUMOR, TUMOR
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "cell_typer.safetensors"
+#: The card of the network the bundled typer was trained beside (its cells, specks and stain target).
+TRAINED_BESIDE = WEIGHTS.with_name("default.json")
 TYPER_MPP = 0.5  # um/px of the crops the typer reads
 CROP = 80  # px at TYPER_MPP: 40 um, a nucleus and its neighbours
 MEAN, STD = 0.7, 0.2  # of RGB in 0-1 on stain-normalised H&E
@@ -84,6 +87,16 @@ class CellTyper(nn.Module):
     def metadata(self) -> dict[str, str]:
         """What :func:`load_cell_typer` needs besides the weights (saved in the safetensors header)."""
         return {"in_channels": str(self.in_channels), "context": str(self.context)}
+
+
+def learnt_beside(model_sha256: str) -> bool:
+    """Whether a model (by its weights' sha256) is the network the bundled typer was trained beside: the typer
+    decides that network's cell types by default, and no other's (it would override a fine-tuned model's types)."""
+    try:
+        bundled = json.loads(TRAINED_BESIDE.read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool(model_sha256) and model_sha256 == bundled
 
 
 @lru_cache(maxsize=2)

@@ -69,7 +69,7 @@ class ModelPlugin(WorkerPlugin):
 
         tune_cpu_allocator()
         model, card = load_checkpoint(self.checkpoint)
-        self.predictor = make_predictor(model, self.settings, card.logit_bias)
+        self.predictor = make_predictor(model, self.settings.for_model(card), card.logit_bias)
         self.slides: dict[str, object] = {}
         self.stores: dict[str, object] = {}
 

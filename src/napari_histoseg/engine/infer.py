@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from ..analysis.opening import open_labels, radius_at
 from ..classes import BACKGROUND, NUM_CLASSES
 from ..io.store import ArraySink, LabelStore
 from .allocator import tune_cpu_allocator
-from .cell_typer import retype_labels
+from .cell_typer import learnt_beside, retype_labels
 from .predictor import BlockPredictor
 from .resolution import ResolutionPlan, compute_shape, read_padded, to_compute, to_output
 from .tiling import Block, WindowGrid, block_grid, make_block
@@ -49,7 +49,9 @@ class InferenceSettings:
     compile: bool = False
     amp: bool = True  # bf16 autocast where it is faster (CUDA, CPUs with AMX or AVX512-BF16); False: fp32 throughout
     test_time_flips: bool = False  # average the logits over the four flips of each window (flips.py): 4x the work
-    cell_typer: bool = False  # retype each cell with the cell typer (cell_typer.py) from a 40 um crop around it
+    #: Retype each cell with the cell typer (cell_typer.py) from a 40 um crop around it. None: decided by the model
+    #: (:meth:`for_model`): on for the bundled model, off for any other.
+    cell_typer: bool | None = None
     prefetch: int = 2
 
     def __post_init__(self) -> None:
@@ -64,6 +66,13 @@ class InferenceSettings:
         if self.opening_radius < 0:
             raise ValueError(f"opening radius must be >= 0, got {self.opening_radius}")
         WindowGrid.from_overlap(self.tile, self.overlap)  # validates tile and overlap
+
+    def for_model(self, card) -> InferenceSettings:
+        """These settings with ``cell_typer`` None decided for the model ``card`` describes: on for the network the
+        bundled typer was trained beside (the bundled model), off for any other."""
+        if self.cell_typer is not None:
+            return self
+        return replace(self, cell_typer=learnt_beside(card.sha256))
 
     def result_settings(self) -> dict:
         """The settings that determine the output (a resumed run must match them)."""

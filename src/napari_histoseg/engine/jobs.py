@@ -130,6 +130,7 @@ def segment_image(
     ``settings.stain_normalize``, colours are mapped onto the model's training data using ``stain_source``, the
     colour statistics of the slide the image comes from, or when it is not given those of the image itself.
     """
+    settings = settings.for_model(card)
     image = channels_last(np.asarray(image))  # planar (3, H, W) too
     if image.dtype == np.uint16:  # by its real range (pixels.py)
         image = scale_to_uint8(image, white_level(image.max(initial=0)))
@@ -223,6 +224,7 @@ def prepare_slide_job(
     from ..io.outputs import check_not_input
 
     check_not_input(out, [slide.path])  # before anything is read or written
+    settings = settings.for_model(card)
     plan = plan_resolution(slide.mpp, card.mpp, level=level, input_mpp=input_mpp)
     if plan.warning:
         warnings.warn(f"{slide.path.name}: {plan.warning}", stacklevel=3)
@@ -297,6 +299,7 @@ def segment_slide(
         region=region,
         overwrite=overwrite,
     )
+    settings = settings.for_model(card)
     predictor = make_predictor(model, settings, card.logit_bias)
     image = slide.levels[job.plan.level]
     result = yield from segment(

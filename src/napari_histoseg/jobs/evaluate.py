@@ -55,6 +55,7 @@ def evaluate_folder_job(
     from ..training.samples import load_pairs
 
     model, card = load_model(checkpoint)
+    settings = settings.for_model(card)
     pairs = find_pairs(data_dir)
     samples, _ = load_pairs(pairs, tolerance=tolerance)
     by_file = {pair.image.name: sample for pair, sample in zip(pairs, samples, strict=True)}

@@ -95,6 +95,7 @@ def evaluate_points(
     group_of: Callable[[str], str] = site_of,
 ) -> Generator[EvalProgress | PointEvalResult, None, PointEvalResult]:
     """Score ``model`` on point-labelled images; yields an :class:`EvalProgress` per image, then the result."""
+    settings = settings.for_model(card)
     t0 = time.perf_counter()
     rows: list[ImagePointScore] = []
     areas_um2: list[np.ndarray] = []
