@@ -194,7 +194,7 @@ def choose_images(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def make_pairs(args: argparse.Namespace, source: Path, names: list[str], work: Path) -> tuple[Path, dict]:
     """Segment, correct and save each image as the Train widget's pair (reused from ``work`` on a rerun)."""
-    settings = InferenceSettings()
+    settings = InferenceSettings(cell_typer=False)  # the networks alone, before and after
     model, card = load_model(None)
     pairs = work / "pairs"
     corrections = cached(work / "corrections.json") or {}
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
     held_dir = link_subset(source, held_names, work / "held", ("input", "points"), {"input": ".png", "points": ".csv"})
 
     pairs, corrections = make_pairs(args, source, corrected_names, work)
-    settings = InferenceSettings()
+    settings = InferenceSettings(cell_typer=False)  # the networks alone, before and after
     consep = args.consep
     if args.consep_images:
         stems = sorted(p.stem for p in (consep / "input").iterdir())[: args.consep_images]

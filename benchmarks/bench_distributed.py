@@ -42,7 +42,7 @@ def main() -> None:
     model = build_model(ModelConfig() if args.width == 1 else ModelConfig.scaled(args.width))
     checkpoint = save_checkpoint(tmp / "random", model, card_for(model, mpp=0.25))
     model, card = load_checkpoint(checkpoint)
-    settings = InferenceSettings(block=args.block, skip_background=False, batch_size=8)
+    settings = InferenceSettings(block=args.block, skip_background=False, batch_size=8, cell_typer=False)
     slide_path = jpeg_tiff(args.size)
     print(f"slide {slide_path.name}: {args.size} x {args.size}, block {args.block}, model width {args.width}")
 

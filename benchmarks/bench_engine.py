@@ -134,6 +134,7 @@ def child_ours(size: int, width: float, source: str, device: str, precision: str
         device=device,
         block=2048,
         amp=precision != "fp32",
+        cell_typer=False,
     )
     model = make_model(width)
     predictor = engine_predictor(model, settings)
@@ -199,7 +200,9 @@ def child_gpu_synthetic(size: int) -> dict:
     from napari_histoseg.engine.resolution import ResolutionPlan
     from napari_histoseg.io.store import ArraySink
 
-    settings = InferenceSettings(tile=TILE, overlap=OVERLAP, batch_size=64, skip_background=False, device="cuda")
+    settings = InferenceSettings(
+        tile=TILE, overlap=OVERLAP, batch_size=64, skip_background=False, device="cuda", cell_typer=False
+    )
     predictor = engine_predictor(make_model(1), settings)
     image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     run(segment(image[:2048, :2048], predictor, ArraySink((2048, 2048)), settings, ResolutionPlan(0, 1.0, None)))

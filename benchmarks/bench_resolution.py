@@ -61,7 +61,7 @@ def main() -> None:
     stain = pooled_stain_stats(samples)  # the folder's colours, as histoseg evaluate uses
     native_mpp, coarse_mpp = card.mpp, card.mpp * FACTOR
     opening = InferenceSettings().opening_radius
-    common = {"device": "cpu", "amp": not args.fp32, "skip_background": False}  # patches: all tissue
+    common = {"device": "cpu", "amp": not args.fp32, "skip_background": False, "cell_typer": False}  # patches
     settings = InferenceSettings(**common)
     runs = {
         "native": (settings, native_mpp, cell_rules(native_mpp)),

@@ -49,7 +49,9 @@ def main() -> None:
     labels: dict[bool, np.ndarray] = {}
     for _ in range(args.repeats):
         for normalize in (True, False):
-            settings = InferenceSettings(stain_normalize=normalize, device=args.device, skip_background=False)
+            settings = InferenceSettings(
+                stain_normalize=normalize, device=args.device, skip_background=False, cell_typer=False
+            )
             t0 = time.perf_counter()
             result = run(segment_image(region, model, card, settings, mpp=args.mpp, stain_source=source))
             seconds[normalize].append(time.perf_counter() - t0)

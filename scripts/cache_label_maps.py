@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model, card = load_model(args.model)
-    settings = InferenceSettings()
+    settings = InferenceSettings(cell_typer=False)  # the network's own calls: what the typer learns to retype
     jobs = []
     for split in ("val", "train"):
         paths = sorted((args.data / "brca-m2c" / split / "input").glob("*.png"))

@@ -68,7 +68,7 @@ def consep_regions(folder: Path, n: int | None = None) -> list[np.ndarray]:
 
 def calibrate(data: Path, n: int) -> None:
     model, card = load_model(None)
-    settings = InferenceSettings(skip_background=False)
+    settings = InferenceSettings(skip_background=False, cell_typer=False)
     areas = []
     for region in consep_regions(data / "consep" / "train", n):
         *_, result = segment_image(region, model, card, settings, mpp=card.mpp)

@@ -52,7 +52,9 @@ def class_scores(
     """
     model, card = load_model(checkpoint)
     samples, _ = load_pairs(find_pairs(data_dir))
-    settings = InferenceSettings(probabilities=True, opening_radius=0, stain_normalize=stain_normalize, device=device)
+    settings = InferenceSettings(
+        probabilities=True, opening_radius=0, stain_normalize=stain_normalize, device=device, cell_typer=False
+    )
     stain = pooled_stain_stats(samples) if stain_normalize else None
     out = []
     for sample in samples:

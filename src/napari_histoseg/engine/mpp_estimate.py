@@ -201,7 +201,13 @@ def nucleus_scan_job(
     """
     if not card.mpp:
         raise ValueError("the model card states no resolution (mpp): it cannot measure one")
-    settings = settings or InferenceSettings(tile=256, overlap=0.25, opening_radius=2, skip_background=False)
+    settings = settings or InferenceSettings(
+        tile=256,
+        overlap=0.25,
+        opening_radius=2,
+        skip_background=False,
+        cell_typer=False,  # sizes only
+    )
     levels = list(image) if isinstance(image, (list, tuple)) else [image]
     level0 = levels[0]
     centres = tissue_tile_centres(levels, tiles, int(TILE_MODEL_PX * card.mpp / START_MPP * 2))

@@ -67,7 +67,7 @@ def point_training_samples(
     """Training samples of point-labelled images (module doc). Teacher targets are cached in ``cache_dir``, keyed
     by the image, its points and the teacher's weights, so a resumed run does not segment the images again."""
     teacher = copy.deepcopy(teacher)  # segment_image prepares (moves, re-lays out) the model it is given
-    settings = InferenceSettings(stain_normalize=False, skip_background=False)
+    settings = InferenceSettings(stain_normalize=False, skip_background=False, cell_typer=False)  # shapes only
     teacher_sha = str(teacher_card.sha256 or teacher_card.name or "")
     out: list[Sample] = []
     for i, sample in enumerate(samples, start=1):
