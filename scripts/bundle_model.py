@@ -70,6 +70,13 @@ TYPER_NOTE = {
 }
 
 
+BRCA_EVALUATED_WITH = (
+    "histoseg evaluate --mpp 0.5 --tumor-classes 2 (cells paired within 3 um); type_f1_tumor: HoVer-Net's code "
+    "formula without found cells that have no point, type_f1_tumor_paper: the HoVer-Net paper's equation (TN "
+    "counted, found tumor cells without a point as FP_d), the one issue 24's targets are in"
+)
+
+
 def _init_chain(config: dict) -> list[dict]:
     """Settings of the runs a fine-tuned run started from (stage 3, then stage 2, ...), through widenings."""
     chain = []
@@ -130,7 +137,7 @@ def _point_metrics(path: Path, config: dict) -> dict:
         )
         print(f"{key} ({folder}{', sites ' + ' '.join(sites) if sites else ''}):\n{format_point_result(result)}")
         out[key] = {"by_site": result.to_dict()["by_group"], "cell_areas_um2": result.cell_areas_um2}
-    out["brca_evaluated_with"] = "histoseg evaluate --mpp 0.5 --tumor-classes 2 (cells paired within 3 um)"
+    out["brca_evaluated_with"] = BRCA_EVALUATED_WITH
     return out
 
 
@@ -156,15 +163,15 @@ def check_targets(metrics: dict) -> list[str]:
 def refresh() -> None:
     """Re-evaluate the shipped model and rewrite its card's metrics; the weights (and their sha256) stay."""
     path = TARGET.with_suffix(".safetensors")
-    model, card = load_checkpoint(path)
+    _, card = load_checkpoint(path)
     card.metrics = _metrics(Path(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_VAL, path)
     card.metrics.update(_point_metrics(path, {"exclude_sites": TYPER_HELD_OUT}))
     card.training["cell_typer"] = TYPER_NOTE
     misses = check_targets(card.metrics)
     print("targets: " + ("all met" if not misses else "missed: " + "; ".join(misses)))
-    save_checkpoint(TARGET, model, card, half=True)
-    if read_card(path).sha256 != card.sha256:
-        raise SystemExit("re-saving changed the weights' bytes")
+    # Only the card is rewritten: re-saving the weights can reorder the file's header and change its sha256.
+    path.with_suffix(".json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    load_checkpoint(path)  # the card still verifies the weights
     print(f"updated the metrics in {path.with_suffix('.json')}")
 
 
