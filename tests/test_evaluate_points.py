@@ -76,5 +76,7 @@ def test_bundled_model_on_real_brca_images_from_three_hospitals(brca_dir, tmp_pa
     # The bundled model finds most annotated nuclei (recall 0.88 on the whole val split).
     assert overall["detection_recall"] > 0.6 and overall["points"] > 300
     assert 0 <= overall["cellularity_mae"] <= 1
+    assert 0 <= overall["type_f1_tumor"] <= 1 and 0 <= overall["type_f1_tumor_paper"] <= 1  # both formulas
+    assert result["settings"]["cell_typer"] is True  # the bundled model's default
     areas = result["cell_areas_um2"]
     assert areas["cells"] > 100 and 5 < areas["median"] < 80
