@@ -3,10 +3,11 @@
     python scripts/typer_rules.py --maps runs/label_maps [--train] [--typer WEIGHTS]
 
 Reads the label maps of ``cache_label_maps.py``, types every cell found with the typer, and prints tumor type F1
-and per-image cellularity MAE / r for: the segmentation's types, the typer's alone, and the typer's with cells
-under A um^2 set non-tumor, left to the segmentation, or tumor only where both say so, for several A. BRCA-M2C val
-and site AC by default, and CoNSeP val (detection and tumor type F1 against its instance maps, as ``histoseg
-evaluate`` scores pairs); ``--train``: the A7 and A8 train images the typer learnt from.
+(strict, and by the paper's equation) and per-image cellularity MAE / r for: the segmentation's types, the typer's
+alone, and the typer's with cells under A um^2 set non-tumor, left to the segmentation, or tumor only where both say
+so, for several A. BRCA-M2C val and site AC by default, and CoNSeP val (detection and tumor type F1 against its
+instance maps, as ``histoseg evaluate`` scores pairs); ``--train``: the A7 and A8 train images the typer learnt
+from.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from napari_histoseg.training.samples import load_pairs, pooled_stain_stats
 
 MPP = 0.5
 CONSEP_MPP = 0.25
-KEYS = ("type_f1_tumor", "cellularity_mae", "cellularity_r", "cellularity_mae_at_points", "cellularity_r_at_points")
+KEYS = (
+    "type_f1_tumor",
+    "type_f1_tumor_paper",
+    "cellularity_mae",
+    "cellularity_r",
+    "cellularity_mae_at_points",
+    "cellularity_r_at_points",
+)
 
 
 def typed_cells(root: Path, sites, maps: Path, typer, target) -> list:
