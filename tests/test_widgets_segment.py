@@ -375,10 +375,14 @@ def test_cell_typer_choice_retypes_the_cells(make_napari_viewer, qtbot, tiny_che
     widget = _widget(viewer, tiny_checkpoint, tile=128, batch_size=1)
     assert widget.cell_typer.value == "auto"  # on only with the bundled model, which this one is not
     _run(qtbot, widget)
+    qtbot.waitUntil(lambda: not widget.measurer.running, timeout=WAIT_MS)
     assert not calls
+    assert "Cell types: the network's" in widget.result.text  # the readout says whose types these are
     widget.cell_typer.value = "on"
     assert widget.request().settings.cell_typer is True
     _run(qtbot, widget)
+    qtbot.waitUntil(lambda: not widget.measurer.running, timeout=WAIT_MS)
     assert load_settings("segment")["cell_typer_mode"] == "on"
+    assert "Cell types: the cell typer's" in widget.result.text
     labels = viewer.layers[-1].data
     assert ((labels == 1) | (labels == 2)).any() and calls  # cells were found and the typer was asked about them

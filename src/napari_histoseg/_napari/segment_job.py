@@ -123,6 +123,7 @@ def segment_job(
     if meter is not None:
         meter.phase("opening")
     model, card = load_model(request.checkpoint)
+    typer = {"cell_typer": request.settings.for_model(card).cell_typer}  # for the readout: whose types these are
     hook = cancel_on_forward(model, cancel)
     tiles_per_batch = 4 if request.settings.test_time_flips else 1
     counter = count_on_forward(model, meter, tiles_per_batch) if meter is not None else None
@@ -134,11 +135,11 @@ def segment_job(
         if request.view is not None:
             job = segment_view_job(request.slide_path, request.view, model, card, request.settings, mpp=request.mpp)
             view = yield from metered(job)
-            return SegmentOutcome(summary=view.summary, view=view)
+            return SegmentOutcome(summary={**(view.summary or {}), **typer}, view=view)
         if request.slide_path is not None:
             outcome = yield from metered(segment_slide_job(request.slide_request(), model, card))
             done = outcome_from_store(request.out)
-            done.summary = outcome.summary
+            done.summary = {**(outcome.summary or {}), **typer}
             return done
         job = segment_array_job(
             request.image,
@@ -151,7 +152,7 @@ def segment_job(
             kept=kept,
         )
         outcome = yield from metered(job)
-        return SegmentOutcome(crops=outcome.crops, summary=outcome.summary)
+        return SegmentOutcome(crops=outcome.crops, summary={**(outcome.summary or {}), **typer})
     finally:
         hook.remove()
         if counter is not None:

@@ -15,6 +15,7 @@ from .segment_job import SegmentRequest, measure_job
 from .workers import Cancelled
 
 REFRESH_S = 0.5
+TYPER_LINE = "the cell typer's (a second look at each cell from a 40 um crop)"
 
 
 class ResultsMixin:
@@ -160,6 +161,9 @@ class ResultsMixin:
         readout = outcome.readout
         labels.metadata["cellularity"] = {"whole": readout["whole"], "regions": readout["regions"]}
         details = f"{readout['text']}\nPixels: {getattr(self, '_pixels', '')}".strip()
+        typer = (labels.metadata.get("summary") or {}).get("cell_typer")
+        if typer is not None:
+            details += "\nCell types: " + (TYPER_LINE if typer else "the network's (cell typer off)")
         self.result.set_text(cellularity_headline(readout["whole"]), details)
         if self.cellularity_map.value:
             from .cellularity import cellularity_image
