@@ -24,7 +24,7 @@ from pathlib import Path
 from napari_histoseg.analysis.instances import DEFAULT_EDGE_MIN_AREA, DEFAULT_MIN_AREA, RULES_MPP
 from napari_histoseg.engine.device import cpu_has_fast_bf16
 from napari_histoseg.jobs.evaluate import run_evaluation
-from napari_histoseg.model.checkpoint import load_checkpoint, read_card, save_checkpoint
+from napari_histoseg.model.checkpoint import load_checkpoint, read_card, save_checkpoint, write_card
 from napari_histoseg.training.evaluate import format_metrics
 from napari_histoseg.training.pair_folders import find_pairs
 from napari_histoseg.training.samples import load_pairs, pooled_stain_stats
@@ -170,9 +170,9 @@ def refresh() -> None:
     misses = check_targets(card.metrics)
     print("targets: " + ("all met" if not misses else "missed: " + "; ".join(misses)))
     # Only the card is rewritten: re-saving the weights can reorder the file's header and change its sha256.
-    path.with_suffix(".json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    card_file = write_card(path, card)
     load_checkpoint(path)  # the card still verifies the weights
-    print(f"updated the metrics in {path.with_suffix('.json')}")
+    print(f"updated the metrics in {card_file}")
 
 
 def main() -> None:

@@ -123,7 +123,6 @@ def segment_job(
     if meter is not None:
         meter.phase("opening")
     model, card = load_model(request.checkpoint)
-    typer = {"cell_typer": request.settings.for_model(card).cell_typer}  # for the readout: whose types these are
     hook = cancel_on_forward(model, cancel)
     tiles_per_batch = 4 if request.settings.test_time_flips else 1
     counter = count_on_forward(model, meter, tiles_per_batch) if meter is not None else None
@@ -135,24 +134,27 @@ def segment_job(
         if request.view is not None:
             job = segment_view_job(request.slide_path, request.view, model, card, request.settings, mpp=request.mpp)
             view = yield from metered(job)
-            return SegmentOutcome(summary={**(view.summary or {}), **typer}, view=view)
-        if request.slide_path is not None:
-            outcome = yield from metered(segment_slide_job(request.slide_request(), model, card))
-            done = outcome_from_store(request.out)
-            done.summary = {**(outcome.summary or {}), **typer}
-            return done
-        job = segment_array_job(
-            request.image,
-            model,
-            card,
-            request.settings,
-            regions=request.regions,
-            mpp=request.mpp,
-            name=request.name,
-            kept=kept,
-        )
-        outcome = yield from metered(job)
-        return SegmentOutcome(crops=outcome.crops, summary={**(outcome.summary or {}), **typer})
+            outcome = SegmentOutcome(summary=view.summary, view=view)
+        elif request.slide_path is not None:
+            slide = yield from metered(segment_slide_job(request.slide_request(), model, card))
+            outcome = outcome_from_store(request.out)
+            outcome.summary = slide.summary
+        else:
+            job = segment_array_job(
+                request.image,
+                model,
+                card,
+                request.settings,
+                regions=request.regions,
+                mpp=request.mpp,
+                name=request.name,
+                kept=kept,
+            )
+            crops = yield from metered(job)
+            outcome = SegmentOutcome(crops=crops.crops, summary=crops.summary)
+        # For the readout: whose cell types these are.
+        outcome.summary = {**(outcome.summary or {}), "cell_typer": request.settings.for_model(card).cell_typer}
+        return outcome
     finally:
         hook.remove()
         if counter is not None:

@@ -89,14 +89,18 @@ class CellTyper(nn.Module):
         return {"in_channels": str(self.in_channels), "context": str(self.context)}
 
 
+@lru_cache(maxsize=1)
+def _trained_beside_sha256() -> str | None:
+    try:
+        return json.loads(TRAINED_BESIDE.read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def learnt_beside(model_sha256: str) -> bool:
     """Whether a model (by its weights' sha256) is the network the bundled typer was trained beside: the typer
     decides that network's cell types by default, and no other's (it would override a fine-tuned model's types)."""
-    try:
-        bundled = json.loads(TRAINED_BESIDE.read_text())["sha256"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return bool(model_sha256) and model_sha256 == bundled
+    return bool(model_sha256) and model_sha256 == _trained_beside_sha256()
 
 
 @lru_cache(maxsize=2)

@@ -198,7 +198,15 @@ def save_checkpoint(
     card.sha256 = hashlib.sha256(data).hexdigest()
     card.versions = {**card.versions, **_versions()}
     card.created = card.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write(card_path(target), (json.dumps(card.to_dict(), indent=2) + "\n").encode())
+    write_card(target, card)
+    return target
+
+
+def write_card(path: str | os.PathLike[str], card: ModelCard) -> Path:
+    """Write ``card`` atomically as the JSON card of the checkpoint at ``path`` (its weights are not touched, so
+    the card's sha256 must already be theirs); returns the card's path."""
+    target = card_path(weights_path(path))
+    atomic_write(target, (json.dumps(card.to_dict(), indent=2) + "\n").encode())
     return target
 
 
