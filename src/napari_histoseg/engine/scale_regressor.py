@@ -47,13 +47,23 @@ class ScaleNet(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))[:, 0]
 
 
+def widths_of(state: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    """The stage widths of a :class:`ScaleNet` state dict (read off its convolutions' shapes)."""
+    convs = sorted(
+        (int(k.split(".")[1]), v.shape[0]) for k, v in state.items() if k.startswith("features.") and v.ndim == 4
+    )
+    widths = [convs[0][1]] + [cout for i, cout in convs[1:] if i % 2 == 1]  # stage starts: layers 0, 1, 3, 5...
+    return tuple(widths)
+
+
 @lru_cache(maxsize=2)
 def load_scale_model(path: Path = WEIGHTS) -> ScaleNet:
     """The size model with the weights at ``path`` (the bundled ones by default), in eval mode."""
     from safetensors.torch import load_file
 
-    model = ScaleNet()
-    model.load_state_dict(load_file(str(path)))
+    state = load_file(str(path))
+    model = ScaleNet(widths_of(state))
+    model.load_state_dict(state)
     return model.eval()
 
 
