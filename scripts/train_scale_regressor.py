@@ -163,7 +163,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, help="end the schedule after this long, whatever --steps says")
     parser.add_argument("--batch", type=int, default=48)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--widths", action="append", help="stage widths, e.g. 24,32,64,96 (repeat: one model each)")
+    parser.add_argument(
+        "--widths", action="append", help="stage widths, e.g. 24,32,64,96 (repeat: one model each; default ScaleNet's)"
+    )
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=0, help="processes drawing samples (0: this one)")
@@ -189,7 +191,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    widths = [tuple(int(w) for w in spec.split(",")) for spec in args.widths or ["24,32,64,96"]]
+    widths = [tuple(int(w) for w in spec.split(",")) for spec in args.widths] if args.widths else [None]
     folders = [args.out] if len(widths) == 1 else [args.out / ("w" + "-".join(map(str, w))) for w in widths]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
@@ -197,7 +199,7 @@ def main() -> None:
     items = read("train")
     val_x, val_y = batch(read("val"), np.random.default_rng(12345), args.monitor)  # fixed set, never trained on
     val_x, val_y = val_x.to(device), val_y.to(device)
-    models = [ScaleNet(w).to(device) for w in widths]
+    models = [(ScaleNet(w) if w else ScaleNet()).to(device) for w in widths]
     opts = [torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=1e-4) for m in models]
     step, spent, best = 0, 0.0, [math.inf] * len(models)
     last = args.out / "last.pt"

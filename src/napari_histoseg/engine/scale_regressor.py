@@ -1,7 +1,7 @@
 """A size model: a small CNN that reads an image's resolution (log2 um/px) from an RGB tissue tile.
 
 Trained by ``scripts/train_scale_regressor.py`` on CoNSeP and BRCA-M2C train images resampled to random
-resolutions (about 0.18-1.25 um/px) with stain, blur and JPEG jitter. An image's estimate is the median over
+resolutions (about 0.18-1.5 um/px) with stain, blur and JPEG jitter. An image's estimate is the median over
 crops of several tissue tiles (``engine/mpp_estimate.py``); the spread between the tiles says how far to trust it.
 """
 
@@ -31,7 +31,7 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
 class ScaleNet(nn.Module):
     """Stride-2 3x3 conv stages, global average pooling and one linear unit: log2(um/px) of a tile."""
 
-    def __init__(self, widths: tuple[int, ...] = (24, 32, 64, 96)) -> None:
+    def __init__(self, widths: tuple[int, ...] = (48, 96, 192, 256)) -> None:
         super().__init__()
         layers: list[nn.Module] = [_conv(3, widths[0], 2)]
         for cin, cout in zip(widths[:-1], widths[1:], strict=True):
