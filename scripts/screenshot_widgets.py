@@ -3,10 +3,10 @@
     xvfb-run -a python scripts/screenshot_widgets.py [--out docs/widgets] [--data ../shared/data]
 
 States: the Segment form on the sample slide (its resolution from the file); a slide that states no resolution
-(TCGA-CR-7395 from the shared data, when present); the Advanced section open; a run in progress (the bundled model
-on a 256 px region of the sample slide, one block); the result with its readout (cellularity first, details
-open); the current view of the slide segmented into its own layer; the Train widget as a tab beside Segment,
-with a loss plot. The dock is 360 px wide, as on a laptop.
+(TCGA-CR-7395 from the shared data, when present), then its resolution estimated; the Advanced section open; a run
+in progress (the bundled model on a 256 px region of the sample slide, one block); the result with its readout
+(cellularity first, details open); the current view of the slide segmented into its own layer; the Train widget as
+a tab beside Segment, with a loss plot. The dock is 360 px wide, as on a laptop.
 """
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ def main() -> None:
         [silent] = viewer.open(str(tcga), plugin="napari-histoseg")
         segment.image.value = silent
         save(viewer, args.out, "segment-unknown-resolution.png")
+        segment.resolution.estimate.clicked.emit()  # the size model reads it off a few tissue tiles
+        while segment.estimator.running:
+            pump(0.5)
+        save(viewer, args.out, "segment-estimated-resolution.png")
         viewer.layers.remove(silent)
         segment.image.value = image
 

@@ -70,3 +70,67 @@ def test_gpu_script_trains_both_runs_and_returns_their_best(tmp_path):
     for run in ("finetune", "scratch"):
         assert summary["runs"][run]["best"] == str(out / run / "best.safetensors")
         assert summary["runs"][run]["evaluation"] is not None
+
+
+def _blocked_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return {**os.environ, "PATH": path, "PYTHONPATH": f"{site}{os.pathsep}{ROOT / 'src'}", **extra}
+
+
+def _packed_set(folder: Path, consep_dir: Path) -> None:
+    """Real CoNSeP val patches in the layout ``train_scale_regressor.py --pack`` writes."""
+    from PIL import Image
+
+    folder.mkdir()
+    patches = sorted((consep_dir / "val" / "input").glob("*.png"))
+    names = ["train_consep_0.25_000", "train_brca_0.5_001", "val_consep_0.25_000", "val_brca_0.5_001"]
+    for name, path in zip(names, patches, strict=False):
+        Image.open(path).convert("RGB").save(folder / f"{name}.jpg", quality=95, subsampling=0)
+
+
+@pytest.mark.slow
+def test_size_model_gpu_script_trains_three_widths(tmp_path, consep_dir):
+    """scripts/gpu_scale.sh, as on the GPU server, on the CPU: three widths on one stream, weights that load."""
+    from napari_histoseg.engine.scale_regressor import load_scale_model
+
+    data = tmp_path / "packed"
+    _packed_set(data, consep_dir)
+    out = tmp_path / "out"
+    env = _blocked_env(
+        tmp_path, OUT=str(out), DATA=str(data), MINUTES="0.05", WORKERS="1", EVERY="2", BATCH="4", MONITOR="8"
+    )
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_scale.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert len(files) <= 8  # what the device tool brings back
+    for widths in ((24, 32, 64, 96), (32, 64, 128, 192), (48, 96, 192, 256)):
+        folder = out / "r" / ("w" + "-".join(map(str, widths)))
+        assert f"{folder.name} step 2 train L1" in proc.stdout
+        for name in ("scale_regressor.safetensors", "best.safetensors"):
+            assert load_scale_model(folder / name).head.in_features == widths[-1]
+
+
+@pytest.mark.slow
+def test_gpu_check_compares_the_device_with_the_cpu(tmp_path, consep_dir):
+    """scripts/gpu_check.py on the CPU with napari, zarr and dask absent: the same model on the same CPU agrees."""
+    data = tmp_path / "packed"
+    _packed_set(data, consep_dir)
+    report_path = tmp_path / "check.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--packed", str(data), "--out", str(report_path)],
+        env=_blocked_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(report_path.read_text())
+    assert report["device"] == "cpu" and len(report["regions"]) == 1
+    [region] = report["regions"]
+    assert region["agreement"] > 0.99 and region["cells"][1] > 0
+    assert abs(region["cells"][0] - region["cells"][1]) <= 0.05 * region["cells"][1] + 2

@@ -21,6 +21,7 @@ from napari_histoseg._napari.settings import CONFIG_ENV
 from napari_histoseg._napari.train_widget import TrainWidget
 from napari_histoseg._napari.workers import JobRunner
 from napari_histoseg.classes import CLASS_NAMES
+from napari_histoseg.engine.mpp_estimate import SIZE_MODEL, MppEstimate
 from napari_histoseg.model.checkpoint import card_for, save_checkpoint
 from test_widgets_segment import _widget, calibrated_tiny_model
 
@@ -66,12 +67,17 @@ def _clipped(root) -> list[str]:
     for child in root.findChildren(kinds):
         if not child.isVisibleTo(root) or isinstance(child, QElidingLabel):
             continue
-        if isinstance(child, QLabel) and (child.wordWrap() or not child.text()):
+        if isinstance(child, QLabel) and not child.text():
             continue
         name = f"{type(child).__name__} {getattr(child, 'text', lambda: '')()!r}"
         shown = _shown_rect(child, root)
         if shown.size() != child.size():
             problems.append(f"{name}: {shown.width()} x {shown.height()} of {child.width()} x {child.height()} shown")
+        if isinstance(child, QLabel) and child.wordWrap():  # wraps to any width: all its lines must show
+            need = child.heightForWidth(child.width())
+            if child.height() < need:
+                problems.append(f"{name} is {child.height()} px tall, its lines need {need}")
+            continue
         hint = child.minimumSizeHint()
         if child.width() < hint.width() or child.height() < hint.height():
             problems.append(f"{name} is {child.width()} x {child.height()} px, needs {hint.width()} x {hint.height()}")
@@ -114,6 +120,13 @@ def test_no_control_is_clipped_in_a_360px_dock(make_napari_viewer, qtbot) -> Non
         root = widget.native.widget() if hasattr(widget.native, "widget") else widget.native
         assert root.width() <= DOCK_PX
         assert _clipped(root) == []
+    # The resolution estimated: a note of three lines inside the form's resolution row.
+    estimate = MppEstimate(0.884, "high", 0, 8, 0.08, [0.88] * 8, SIZE_MODEL)
+    segment._estimated(silent, estimate)
+    docks[0].raise_()
+    viewer.window.screenshot(flash=False)
+    assert estimate.text in segment.resolution.note.value
+    assert _clipped(segment.native) == []
     scroll = train.native
     assert scroll.horizontalScrollBar().maximum() == 0  # no sideways scrolling either
     assert segment.output_dir.full_text.endswith("results/predictions")  # the full path, in the tooltip

@@ -21,8 +21,20 @@ class _HeightForWidth(QObject):
 
 
 def fit_height(label: QLabel) -> None:
-    """Set the label's minimum height to the height of its wrapped text at its width."""
-    label.setMinimumHeight(max(0, label.heightForWidth(label.width())))
+    """Set the label's minimum height to the height of its wrapped text at its width.
+
+    The containers above it are told that their size hints changed too: otherwise a label nested in a row of a
+    form (the resolution field's note) grew inside a row that kept its old height, its last lines under the next
+    row.
+    """
+    need = max(0, label.heightForWidth(label.width()))
+    if label.minimumHeight() == need:
+        return
+    label.setMinimumHeight(need)
+    parent = label.parentWidget()
+    while parent is not None and not parent.isWindow():
+        parent.updateGeometry()
+        parent = parent.parentWidget()
 
 
 def readout_label() -> Label:
