@@ -127,6 +127,10 @@ def test_no_control_is_clipped_in_a_360px_dock(make_napari_viewer, qtbot) -> Non
     viewer.window.screenshot(flash=False)
     assert estimate.text in segment.resolution.note.value
     assert _clipped(segment.native) == []
+    tall = segment.resolution.native.height()
+    segment.image.value = viewer.layers["known"]  # a one-line note: the row gives the room back
+    viewer.window.screenshot(flash=False)
+    assert segment.resolution.native.height() < tall and _clipped(segment.native) == []
     scroll = train.native
     assert scroll.horizontalScrollBar().maximum() == 0  # no sideways scrolling either
     assert segment.output_dir.full_text.endswith("results/predictions")  # the full path, in the tooltip

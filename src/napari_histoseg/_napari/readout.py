@@ -25,32 +25,43 @@ def fit_height(label: QLabel) -> None:
 
     The containers above it are told that their size hints changed too: otherwise a label nested in a row of a
     form (the resolution field's note) grew inside a row that kept its old height, its last lines under the next
-    row.
+    row. It shrinks again for a shorter text.
     """
+    had = label.minimumHeight()
+    label.setMinimumHeight(0)  # heightForWidth is never below the minimum height (a longer text's, set before)
     need = max(0, label.heightForWidth(label.width()))
-    if label.minimumHeight() == need:
-        return
     label.setMinimumHeight(need)
+    if need == had:
+        return
     parent = label.parentWidget()
     while parent is not None and not parent.isWindow():
         parent.updateGeometry()
         parent = parent.parentWidget()
 
 
-def readout_label() -> Label:
+class ReadoutLabel(Label):
+    """A label whose wrapped text keeps the height it needs when its text changes (a magicgui Label emits no
+    ``changed`` when its value is set)."""
+
+    def set_value(self, value) -> None:
+        super().set_value(value)
+        fit_height(self.native)
+
+
+def readout_label(style: str = "") -> ReadoutLabel:
     """An empty label for a multi-line readout that wraps to the dock's width.
 
     With its text's width as its minimum (Qt's default for a wrapped label in this layout) a long line made the
     form wider than the dock, its right edge cut off; ignoring it horizontally lets the label take the dock's
     width and grow in height instead.
     """
-    label = Label(value="")
+    label = ReadoutLabel(value="")
     native = label.native
+    native.setStyleSheet(style)
     native.setWordWrap(True)
     native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     native._fit_height = _HeightForWidth(native)  # parented to the label: lives and dies with it
     native.installEventFilter(native._fit_height)
-    label.changed.connect(lambda _value: fit_height(native))
     return label
 
 
@@ -72,11 +83,7 @@ class ResultReadout(Container):
     def __init__(self):
         from .form import Section
 
-        self.headline = Label(value="")
-        self.headline.native.setStyleSheet(HEADLINE_STYLE)
-        self.headline.native.setWordWrap(True)
-        self.headline.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.headline.native.installEventFilter(_HeightForWidth(self.headline.native))
+        self.headline = readout_label(HEADLINE_STYLE)
         self.details = readout_label()
         self.section = Section("Details", [self.details], tooltip="cell counts, areas, regions and class pixels")
         self.section.body.labels = False
@@ -89,7 +96,6 @@ class ResultReadout(Container):
         """Set the large line and the details (the toggle shows only when there are details)."""
         self.headline.value = headline
         self.headline.visible = bool(headline)
-        fit_height(self.headline.native)
         self.details.value = details
         self.section.visible = bool(details)
 
