@@ -87,23 +87,34 @@ def _float(crops: torch.Tensor) -> torch.Tensor:
     return torch.where(_is_labels(x.shape[1]), x * 255 / 254 * 2 - 1, x)
 
 
-def _point_grids(root: Path, spec, target, maps: Path | None, **select) -> Iterator[tuple]:
-    """``(sample, grid, scale)`` of each image of a BRCA-M2C folder: the image stain-normalised on its own (as
-    ``histoseg evaluate`` on points does), with its labels channel when ``maps`` are given, on the typer's grid."""
+def point_images(root: Path, spec, target, **select) -> Iterator[tuple]:
+    """``(sample, image)`` of each image of a BRCA-M2C folder, (3, H, W) float in 0-1, stain-normalised on its own
+    (as ``histoseg evaluate`` on points does)."""
     for s in load_point_samples(find_point_files(root), spec, **select):
-        image = _with_labels(_tensor(normalize_stain(s.image, target)), maps, root, s.name)
-        yield s, *to_typer_grid(image, s.mpp)
+        yield s, _tensor(normalize_stain(s.image, target))
 
 
-def _consep_grids(root: Path, target, maps: Path | None) -> Iterator[tuple]:
-    """``(sample, grid, scale)`` of each image of a CoNSeP folder: normalised from the folder's pooled colours (as
-    ``histoseg evaluate`` on pairs does), with its labels channel when ``maps`` are given, on the typer's grid."""
+def consep_images(root: Path, target) -> Iterator[tuple]:
+    """``(sample, image)`` of each image of a CoNSeP folder, (3, H, W) float in 0-1, normalised from the folder's
+    pooled colours (as ``histoseg evaluate`` on pairs does)."""
     samples, _ = load_pairs(find_pairs(root))
     normalize = normalizer_for(pooled_stain_stats(samples), target)
     for s in samples:
         image = _tensor(s.image)
-        if normalize is not None:
-            image = normalize(image).clamp(0, 1)
+        yield s, normalize(image).clamp(0, 1) if normalize is not None else image
+
+
+def _point_grids(root: Path, spec, target, maps: Path | None, **select) -> Iterator[tuple]:
+    """``(sample, grid, scale)`` of each image of :func:`point_images`, with its labels channel when ``maps`` are
+    given, on the typer's grid."""
+    for s, image in point_images(root, spec, target, **select):
+        yield s, *to_typer_grid(_with_labels(image, maps, root, s.name), s.mpp)
+
+
+def _consep_grids(root: Path, target, maps: Path | None) -> Iterator[tuple]:
+    """``(sample, grid, scale)`` of each image of :func:`consep_images`, with its labels channel when ``maps`` are
+    given, on the typer's grid."""
+    for s, image in consep_images(root, target):
         yield s, *to_typer_grid(_with_labels(image, maps, root, s.name), s.mpp or CONSEP_MPP)
 
 

@@ -17,17 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from train_cell_typer import consep_images, point_images  # the typer's own image preparation (scripts/)
 
 from napari_histoseg.analysis.metrics import SegmentationMetrics
 from napari_histoseg.analysis.point_scores import score_image, summarize_by_group
 from napari_histoseg.classes import NON_TUMOR, TUMOR
 from napari_histoseg.engine.cell_typer import WEIGHTS, load_cell_typer, typer_answers
 from napari_histoseg.engine.jobs import load_model
-from napari_histoseg.engine.stain_transform import normalizer_for
-from napari_histoseg.training.pair_folders import find_pairs
-from napari_histoseg.training.point_training import normalize_stain
-from napari_histoseg.training.points import find_point_files, load_point_samples, read_spec, site_of
-from napari_histoseg.training.samples import load_pairs, pooled_stain_stats
+from napari_histoseg.training.points import read_spec, site_of
 
 MPP = 0.5
 CONSEP_MPP = 0.25
@@ -45,9 +42,8 @@ def typed_cells(root: Path, sites, maps: Path, typer, target) -> list:
     """(sample, centroids, segmentation classes, typer p(tumor), areas um^2) of every image."""
     spec = read_spec(root, mpp=MPP, tumor_classes=[2])
     out = []
-    for s in load_point_samples(find_point_files(root), spec, only_sites=sites):
+    for s, image in point_images(root, spec, target, only_sites=sites):
         labels = np.load(maps / f"brca-m2c_{root.name}_{s.name}.npy")
-        image = torch.from_numpy(normalize_stain(s.image, target)).permute(2, 0, 1).float() / 255
         instances, classes, centres, p = typer_answers(labels, image, MPP, typer)
         area = np.bincount(instances.ravel(), minlength=len(classes))[1:] * MPP * MPP
         out.append((s, s.is_tumor(spec), centres, classes[1:], p, area))
@@ -56,14 +52,9 @@ def typed_cells(root: Path, sites, maps: Path, typer, target) -> list:
 
 def consep_cells(root: Path, maps: Path, typer, target) -> list:
     """(sample, labels, instances, segmentation classes, typer p(tumor), areas um^2) of every CoNSeP image."""
-    samples, _ = load_pairs(find_pairs(root))
-    normalize = normalizer_for(pooled_stain_stats(samples), target)
     out = []
-    for s in samples:
+    for s, image in consep_images(root, target):
         labels = np.load(maps / f"consep_{root.name}_{s.name}.npy")
-        image = torch.from_numpy(s.image).permute(2, 0, 1).float() / 255
-        if normalize is not None:
-            image = normalize(image).clamp(0, 1)
         instances, classes, _, p = typer_answers(labels, image, CONSEP_MPP, typer)
         area = np.bincount(instances.ravel(), minlength=len(classes))[1:] * CONSEP_MPP**2
         out.append((s, labels, instances, classes[1:], p, area))
