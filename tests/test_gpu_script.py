@@ -28,27 +28,31 @@ sys.meta_path.insert(0, Absent())
 """
 
 
+def _blocked_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a script run as on the GPU machine: the package from src/, the absent modules blocked."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return {**os.environ, "PATH": path, "PYTHONPATH": f"{site}{os.pathsep}{ROOT / 'src'}", **extra}
+
+
 @pytest.mark.slow
 def test_gpu_script_trains_both_runs_and_returns_their_best(tmp_path):
     data = tmp_path / "consep"
     write_set(data / "train", n=2, size=64)
     write_set(data / "val", n=1, size=64, seed=5)
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCKER)
     out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(site),
-        "DATA": str(data),
-        "OUT": str(out),
-        "DEVICE": "cpu",
-        "BUDGET_SECONDS": "1",  # past the budget after calibrating: one epoch each
-        "PATCH": "64",
-        "BATCH": "2",
-        "WORKERS": "1",  # the loader processes too
-    }
+    env = _blocked_env(
+        tmp_path,
+        DATA=str(data),
+        OUT=str(out),
+        DEVICE="cpu",
+        BUDGET_SECONDS="1",  # past the budget after calibrating: one epoch each
+        PATCH="64",
+        BATCH="2",
+        WORKERS="1",  # the loader processes too
+    )
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_train.sh")], env=env, capture_output=True, text=True, timeout=900
     )
@@ -70,14 +74,6 @@ def test_gpu_script_trains_both_runs_and_returns_their_best(tmp_path):
     for run in ("finetune", "scratch"):
         assert summary["runs"][run]["best"] == str(out / run / "best.safetensors")
         assert summary["runs"][run]["evaluation"] is not None
-
-
-def _blocked_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(BLOCKER)
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    return {**os.environ, "PATH": path, "PYTHONPATH": f"{site}{os.pathsep}{ROOT / 'src'}", **extra}
 
 
 def _packed_set(folder: Path, consep_dir: Path) -> None:
